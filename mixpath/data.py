@@ -16,8 +16,9 @@
   Default image size 224, the ImageNet search space's input size.
 
 Every random choice of an epoch comes from one torch.Generator seeded from
-(seed, epoch) alone, drawn on the CPU: batches are identical across devices,
-worker counts and resumes at an epoch boundary, and no RNG state needs saving.
+(seed, epoch) alone and drawn on the CPU: the same choices on every device and
+worker count, identical batches when a run resumes at an epoch boundary, and
+no RNG state to checkpoint.
 """
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataError", "ImageSet", "TensorImageSet", "FolderImageSet", "Splits", "Batches", "load_data",
-           "batches", "num_batches", "epoch_generator", "describe", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DataError", "ImageSet", "TensorImageSet", "FolderImageSet", "Splits", "Batches", "load_data", "batches",
+           "num_batches", "epoch_generator", "describe", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 # The release's constants (S1/utils.py).
 CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
@@ -73,16 +76,16 @@ class TensorImageSet(ImageSet):
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    pad: int = -1  # -1: image_size // 8
-    cutout: int = -1  # -1: image_size // 2
+    pad: int | None = None  # crop padding; None: image_size // 8
+    cutout: int | None = None  # Cutout side; None: image_size // 2
     # One copy of the images per device, so GPU batches are gathered without host copies.
-    _on_device: dict = field(default_factory=dict, repr=False)
+    _on_device: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         self.image_size = self.images.shape[-1]
-        if self.pad < 0:
+        if self.pad is None:
             self.pad = self.image_size // 8
-        if self.cutout < 0:
+        if self.cutout is None:
             self.cutout = self.image_size // 2
 
     def images_on(self, device: torch.device) -> Tensor:
@@ -137,7 +140,9 @@ def load_data(name: str, data_dir: str | None = None, *, image_size: int | None 
 
 def describe(splits: Splits) -> str:
     """One line for logs."""
-    fmt = lambda v: "(" + ", ".join(f"{x:.3f}" for x in v) + ")"  # noqa: E731
+    def fmt(values):
+        return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
     return (f"{splits.name or 'data'}: {len(splits.train)} train / {len(splits.val)} val images, "
             f"{splits.num_classes} classes, {splits.in_channels}x{splits.image_size}x{splits.image_size}, "
             f"mean {fmt(splits.mean)} std {fmt(splits.std)}")
@@ -175,9 +180,12 @@ def _load_digits(image_size: int, val_fraction: float, seed: int) -> Splits:
     train_px = images[torch.from_numpy(train_idx), 0].double() / 255
     mean, std = (train_px.mean().item(),) * 3, (train_px.std().item(),) * 3
     classes = tuple(str(c) for c in range(10))
-    make = lambda idx: TensorImageSet(images[torch.from_numpy(idx)], labels[torch.from_numpy(idx)],  # noqa: E731
-                                      classes, mean, std)
-    return _splits("digits", make(train_idx), make(val_idx))
+
+    def subset(idx):
+        idx = torch.from_numpy(idx)
+        return TensorImageSet(images[idx], labels[idx], classes, mean, std)
+
+    return _splits("digits", subset(train_idx), subset(val_idx))
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -228,8 +236,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"CIFAR-10 batch {path}: b'data' must be a uint8 array of shape (N, 3072), got {got}: "
                         "re-extract cifar-10-python.tar.gz")
-    if labels.shape != (len(data),) or labels.dtype.kind not in "iu" or (labels.size and
-                                                                        not 0 <= labels.min() <= labels.max() < 10):
+    if (labels.shape != (len(data),) or labels.dtype.kind not in "iu"
+            or (labels.size and (labels.min() < 0 or labels.max() > 9))):
         raise DataError(f"CIFAR-10 batch {path}: b'labels' must be {len(data)} integers in 0..9, got "
                         f"{labels.dtype} {labels.shape}: re-extract cifar-10-python.tar.gz")
     return data, labels
@@ -291,7 +299,8 @@ def _load_folder(data_dir: str | None, image_size: int, val_fraction: float, see
     else:
         train_idx, val_idx = _split_indices(np.array([lab for _, lab in samples]), val_fraction, seed)
         samples, val_samples = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
-    return _splits("folder", FolderImageSet(samples, classes, image_size), FolderImageSet(val_samples, classes, image_size))
+    return _splits("folder", FolderImageSet(samples, classes, image_size),
+                   FolderImageSet(val_samples, classes, image_size))
 
 
 def _random_resized_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -309,7 +318,7 @@ def _random_resized_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, 
     return x0, y0, x0 + cw, y0 + ch
 
 
-class _FolderReader(torch.utils.data.Dataset):
+class _FolderReader(Dataset):
     """Decodes one image per (index, crop seed); returns an error line instead of raising,
     so a bad file surfaces as one clear DataError in the main process whatever the worker count."""
 
@@ -338,10 +347,10 @@ class _FolderReader(torch.utils.data.Dataset):
             side = VAL_CROP_FRACTION * min(w, h)
             box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             flip = False
-        img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        pixels = np.array(img.resize((self.size, self.size), Image.BILINEAR, box=box))  # PIL antialiases
         if flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1), label
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
+        return torch.from_numpy(pixels).permute(2, 0, 1), label
 
 
 def _collate(items):
@@ -385,10 +394,11 @@ def batches(data: ImageSet, batch_size: int, *, train: bool, epoch: int, seed: i
             drop_last: bool | None = None, channels_last: bool = False, workers: int | None = None) -> Batches:
     """Normalised float32 NCHW batches and int64 labels on `device`.
 
-    train=True: shuffled, augmented unless augment=False, the last partial batch
-    dropped unless drop_last=False. train=False: file order, no augmentation,
-    every image. Deterministic from (seed, epoch). workers: DataLoader workers
-    for a FolderImageSet (default min(4, CPUs)); in-memory sets ignore it.
+    train=True: shuffled, augmented unless augment=False (then folder images get
+    the validation centre crop), the last partial batch dropped unless
+    drop_last=False. train=False: file order, no augmentation, every image.
+    Deterministic from (seed, epoch). workers: DataLoader workers for a
+    FolderImageSet (default min(4, CPUs)); in-memory sets ignore it.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be positive, got {batch_size}")
@@ -428,23 +438,22 @@ def _tensor_batches(data: TensorImageSet, order: Tensor, batch_size: int, n: int
     for b in range(n):
         pos = slice(b * batch_size, (b + 1) * batch_size)
         idx = order[pos]
-        x = images[idx].float().div_(255)
+        x = images[idx]
         if gen is not None:
-            if pad:
-                # Crop: rows dy..dy+size, columns dx..dx+size of the image padded with black, per image.
-                xp = F.pad(x, (pad,) * 4)
-                rows = (shift[0, pos, None] + ar)[:, None, :, None]
-                cols = (shift[1, pos, None] + ar)[:, None, None, :]
-                batch = torch.arange(len(idx), device=device)[:, None, None, None]
-                x = xp[batch, torch.arange(3, device=device)[:, None, None], rows, cols]
-            x = torch.where(flip[pos, None, None, None], x.flip(3), x)
-        x = (x - mean).div_(std)
+            # Crop (from the image padded with black) and flip as one gather: output pixel (i, j) reads
+            # padded pixel (dy + i, dx + j), or (dy + i, dx + size - 1 - j) when the image is flipped.
+            width = size + 2 * pad
+            rows = shift[0, pos, None] + ar
+            cols = shift[1, pos, None] + torch.where(flip[pos, None], ar.flip(0), ar)
+            src = (rows[:, :, None] * width + cols[:, None, :]).view(len(idx), 1, -1).expand(-1, 3, -1)
+            x = F.pad(x, (pad,) * 4).flatten(2).gather(2, src).view_as(x)
+        x = (x.float().div_(255) - mean).div_(std)
         if gen is not None and cut:
             # Cutout after normalising, as the release does: the square becomes 0, the mean colour.
             lo, hi = (centre[:, pos] - cut // 2).clamp(0, size), (centre[:, pos] + cut // 2).clamp(0, size)
             in_rows = (ar >= lo[0, :, None]) & (ar < hi[0, :, None])
             in_cols = (ar >= lo[1, :, None]) & (ar < hi[1, :, None])
-            x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+            x = x * ~(in_rows[:, None, :, None] & in_cols[:, None, None, :])
         yield x, labels[idx]
 
 
@@ -452,10 +461,10 @@ def _folder_batches(data: FolderImageSet, order: Tensor, batch_size: int, drop: 
                     device: torch.device, mean: Tensor, std: Tensor,
                     workers: int | None) -> Iterator[tuple[Tensor, Tensor]]:
     # Each image gets its own crop seed drawn here, so crops do not depend on which worker decodes it.
-    crop_seeds = torch.randint(0, 2**62, (len(data),), generator=gen) if gen is not None else torch.zeros(len(data))
-    items = list(zip(order.tolist(), crop_seeds.long().tolist()))
-    loader = torch.utils.data.DataLoader(
-        _FolderReader(data, random_crop=gen is not None), batch_size=batch_size, sampler=items,
+    crop_seeds = [0] * len(data) if gen is None else torch.randint(0, 2**62, (len(data),), generator=gen).tolist()
+    loader = DataLoader(
+        _FolderReader(data, random_crop=gen is not None), batch_size=batch_size,
+        sampler=list(zip(order.tolist(), crop_seeds)),
         num_workers=min(4, os.cpu_count() or 1) if workers is None else workers, collate_fn=_collate,
         drop_last=drop, pin_memory=device.type == "cuda")
     for batch in loader:
