@@ -1,0 +1,114 @@
+"""Training checkpoints: atomic writes and validated loads.
+
+A checkpoint is a dict saved with torch.save: the format tag and version, the
+completed epoch count, the run's config, and the state needed to continue
+exactly (model, optimizer, scheduler, GradScaler, the architecture sampler's
+`random.Random` state, torch's RNG states, the metrics history). Loading uses
+`weights_only=True`, so a checkpoint from elsewhere cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "REQUIRED_KEYS", "atomic_write", "save_checkpoint",
+           "load_checkpoint", "config_differences"]
+
+FORMAT = "mixpath-supernet-training"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "epoch", "config", "model", "optimizer", "scheduler", "scaler", "sampler",
+                 "torch_rng", "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, from another program or version, or from another configuration."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) -> None:
+    """Write `path` via `write(file)` into a temporary file beside it, fsync, then rename over `path`.
+
+    Readers see the old file or the complete new one, never a partial write; if
+    `write` raises, the old file stays and the temporary file is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable; not every filesystem lets a directory be opened.
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Atomically save `state` (REQUIRED_KEYS other than format/version) as a checkpoint."""
+    missing = [k for k in REQUIRED_KEYS if k not in state and k not in ("format", "version")]
+    if missing:
+        raise ValueError(f"checkpoint state lacks {', '.join(missing)}")
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and check a checkpoint saved by `save_checkpoint`; CheckpointError (one line) on any problem.
+
+    A directory means its `last.pt`. Tensors are loaded onto the CPU.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the last.pt of an earlier run to --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, pickle errors: all mean the file is unusable
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({detail[:160]}); "
+                              "resume from an intact copy or start a fresh run") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mixpath training checkpoint (no {FORMAT!r} format tag); "
+                              "pass the last.pt written by train.py")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state.get('version')!r}; this mixpath "
+                              f"reads version {VERSION}: resume it with the mixpath that wrote it")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing or not _plain(state["config"]) or not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        what = f"lacks {', '.join(missing)}" if missing else "has a malformed config or epoch"
+        raise CheckpointError(f"checkpoint {path} {what}; it is damaged: resume from an intact copy")
+    state["path"] = str(path)
+    return state
+
+
+def _plain(config) -> bool:
+    """A config is a dict of JSON values, as training writes it."""
+    try:
+        return isinstance(config, dict) and json.loads(json.dumps(config)) == config
+    except (TypeError, ValueError):
+        return False
+
+
+def config_differences(saved: dict, current: dict, keys) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for each of `keys` where the two configs differ."""
+    return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]

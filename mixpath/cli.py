@@ -1,0 +1,155 @@
+"""`mixpath-train` / `python train.py`: the command line over `mixpath.training.train`.
+
+This module is the error boundary: a bad option, dataset, architecture,
+checkpoint or device ends the program with one line on stderr naming the
+problem and the fix (exit status 2), a failure while training with one line
+and status 1. Unexpected exceptions keep their traceback: they are bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .checkpoint import CheckpointError
+from .data import DataError
+from .space import ArchError
+from .training import (AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS, ConfigError, TrainConfig, TrainingError,
+                       train)
+
+
+def _dataset_line(name: str) -> str:
+    d = DATASET_DEFAULTS[name]
+    return (f"  {name:8} --space {d['space']} --epochs {d['epochs']} --batch-size {d['batch_size']} --lr {d['lr']} "
+            f"--{'' if d['augment'] else 'no-'}augment" + (f" --threads {d['threads']}" if "threads" in d else ""))
+
+
+EPILOG = """\
+defaults that depend on --data (every one can be overridden; cifar10 follows the release,
+digits is a quick demo that reaches > 0.95 mean subnet accuracy in about a minute on a CPU):
+""" + "\n".join(_dataset_line(name) for name in DATASETS) + """
+
+resuming: --resume DIR/last.pt continues a run with the settings it was started
+with; options that change what it computes (data, space, optimiser, epochs,
+seed) are refused if they differ, options about how it runs (--device,
+--backend/--fused, --amp, --threads, --workers, evaluation) may change. The same
+device and backend give bit-identical results to an uninterrupted run; another
+backend, device or --amp continues with other rounding.
+
+outputs in --out DIR: last.pt (checkpoint, rewritten atomically each epoch),
+metrics.jsonl (one line per epoch), summary.json (final subnet scores).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other error this program reports.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 3,5,7,9, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer, e.g. 3,5,7,9")
+    return values
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    # Unset options stay out of the namespace, so a resumed run can take them from its checkpoint.
+    p = _Parser(prog=prog, description="Train a MixPath supernet (one sampled multi-path architecture per step) "
+                "and score subnets after BN recalibration.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    d = DEFAULTS
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=DATASETS, help=f"dataset (default {d['data']}: bundled, no download)")
+    g.add_argument("--data-dir", metavar="D", help="cifar10: the cifar-10-batches-py folder; folder: a folder with "
+                   "train/<class>/*.jpg and optionally val/<class>/*")
+    g.add_argument("--image-size", type=int, metavar="N", help="image side (digits 16, folder 224; cifar10 is 32)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="training augmentation (default: off for digits, on otherwise)")
+    g.add_argument("--workers", type=int, metavar="N", help="image decoding workers for --data folder")
+
+    g = p.add_argument_group("search space and supernet")
+    g.add_argument("--space", choices=("tiny", "cifar", "imagenet"),
+                   help="default by --data: digits tiny, cifar10 cifar, folder imagenet")
+    g.add_argument("--max-paths", type=int, metavar="M",
+                   help=f"paths active per layer, 1..4 (default {d['max_paths']})")
+    g.add_argument("--kernels", type=_int_list, metavar="K,K", help="depthwise kernel sizes (default 3,5,7,9)")
+    g.add_argument("--expansions", type=_int_list, metavar="T,T", help="expansion rates (default 3,6)")
+    g.add_argument("--width-mult", type=float, metavar="W", help=f"channel multiplier (default {d['width_mult']})")
+    g.add_argument("--layout", choices=("mixpath", "official"),
+                   help="mixpath (fusable, default) or official (the release's block)")
+    g.add_argument("--shadow-bn", action=argparse.BooleanOptionalAction,
+                   help="one BN per path count (default on; --no-shadow-bn is the single-BN ablation)")
+
+    g = p.add_argument_group("optimisation (the release's recipe unless noted)")
+    g.add_argument("--epochs", type=int, metavar="N", help="cosine schedule length (default by --data)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="(default by --data)")
+    g.add_argument("--lr", type=float, metavar="LR", help="SGD learning rate (default by --data)")
+    g.add_argument("--momentum", type=float, metavar="M", help=f"(default {d['momentum']})")
+    g.add_argument("--weight-decay", type=float, metavar="WD", help=f"(default {d['weight_decay']})")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help=f"gradient norm clip, 0 = off "
+                   f"(default {d['grad_clip']})")
+    g.add_argument("--seed", type=int, metavar="S", help=f"seeds init, architecture sampling and batches "
+                   f"(default {d['seed']})")
+
+    g = p.add_argument_group("device and speed")
+    g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default cuda if available, else cpu)")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--fused", action="store_true",
+                     help="use the fastest fused backend on the device (falls back to merged when none is built)")
+    one.add_argument("--backend", metavar="NAME", help="a backend by name: reference, merged (default), cpp, "
+                     "cuda, triton")
+    g.add_argument("--amp", choices=AMP_MODES, help="mixed precision: bf16, or fp16 with loss scaling "
+                   "(default none)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="NHWC tensors")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default by --data; else torch's default)")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-archs", type=int, metavar="N", help=f"sampled subnets scored at the end "
+                   f"(default {d['eval_archs']})")
+    g.add_argument("--eval-arch", action="append", metavar="ARCH", help="also score this architecture, "
+                   "e.g. '6:3,5|3:7|...' (repeatable)")
+    g.add_argument("--calib-batches", type=int, metavar="N", help=f"training batches for BN recalibration "
+                   f"(default {d['calib_batches']})")
+
+    g = p.add_argument_group("the job")
+    g.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/<timestamp>)")
+    g.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (DIR/last.pt, or DIR)")
+    g.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation "
+                   "(for job time limits) and --resume later")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    args = vars(parser.parse_args(argv))
+    name = parser.prog
+
+    def fail(status: int, message: str) -> int:
+        print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
+        return status
+
+    try:
+        train(TrainConfig(**args))
+    except (ConfigError, DataError, ArchError, CheckpointError) as e:
+        return fail(2, str(e))
+    except TrainingError as e:
+        return fail(1, str(e))
+    except torch.cuda.OutOfMemoryError:
+        return fail(1, "out of GPU memory: lower --batch-size, or try --amp bf16 or a smaller --width-mult")
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        return fail(1, f"cannot read or write{where}: {e.strerror or e}; check the path, its permissions and "
+                       "free disk space")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Supernet training with the release's recipe, per-epoch monitoring, checkpoints and final subnet scoring.
+
+`train(config)` runs one job and returns its summary dict. `TrainConfig` fields
+left None are unset: a fresh run takes them from DEFAULTS and the dataset's
+DATASET_DEFAULTS, a resumed run (`resume=PATH`) from the checkpoint's config.
+Settings in IDENTITY_KEYS decide what the run computes; a resumed run refuses
+to change them. The others (device, backend, AMP, threads, evaluation
+settings) say how it runs and may change on resume. On the same device and
+backend a resumed run is bit-identical to an uninterrupted one: batches come
+from (seed, epoch) alone and the checkpoint holds every other random state;
+another backend, device or AMP mode continues the same run with other rounding.
+
+Every check that can fail (options, device, backend, data, architectures,
+checkpoint, output folder) runs before anything is written.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, atomic_write, config_differences, load_checkpoint, save_checkpoint
+from .data import Splits, batches, describe, load_data, num_batches
+from .evaluate import score_arch
+from .nn import LAYOUTS, SuperNet
+from .ops import backend_status, default_backend
+from .ops.registry import AUTO_ORDER
+from .space import SPACES, Arch, ArchError, SearchSpace, get_space
+
+__all__ = ["TrainConfig", "ConfigError", "TrainingError", "DEFAULTS", "DATASET_DEFAULTS", "IDENTITY_KEYS",
+           "DATASETS", "train", "resolve"]
+
+DATASETS = ("digits", "cifar10", "folder")
+AMP_MODES = ("none", "bf16", "fp16")
+CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME = "last.pt", "metrics.jsonl", "summary.json"
+RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME)
+
+
+class ConfigError(ValueError):
+    """An option is out of range or inconsistent; the message names the option and the fix."""
+
+
+class TrainingError(RuntimeError):
+    """Training itself failed (e.g. the loss diverged); the last checkpoint is left as it was."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training job; None means unset (see the module docstring)."""
+
+    # data
+    data: str | None = None
+    data_dir: str | None = None
+    image_size: int | None = None
+    augment: bool | None = None
+    # search space and supernet
+    space: str | None = None
+    max_paths: int | None = None
+    kernels: list[int] | None = None
+    expansions: list[int] | None = None
+    width_mult: float | None = None
+    layout: str | None = None
+    shadow_bn: bool | None = None
+    # optimisation (the release's recipe)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    seed: int | None = None
+    # how it runs
+    device: str | None = None
+    backend: str | None = None
+    fused: bool | None = None
+    amp: str | None = None
+    channels_last: bool | None = None
+    threads: int | None = None
+    workers: int | None = None
+    # final evaluation
+    eval_archs: int | None = None
+    eval_arch: list[str] | None = None
+    calib_batches: int | None = None
+    # the job
+    out: str | None = None
+    resume: str | None = None
+    stop_after: int | None = None
+
+
+# The release's S1 recipe (MIXPATH.md) and the switches' defaults.
+DEFAULTS = dict(data="digits", max_paths=4, kernels=[3, 5, 7, 9], expansions=[3, 6], width_mult=1.0,
+                layout="mixpath", shadow_bn=True, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, seed=2020,
+                fused=False, amp="none", channels_last=False, eval_archs=10, eval_arch=[], calib_batches=20)
+
+# digits is the quick demo: 1437 training images of 16 px, where the release's 200 epochs of batch 96 with
+# crop/flip/Cutout would take an hour to learn what 12 plain epochs of batch 32 reach (>0.95 mean subnet
+# accuracy) in about a minute. Flips and half-image Cutout also destroy digits at 16 px. Its layers are
+# too small to split across cores, and idle OpenMP threads spin against other processes: one thread.
+DATASET_DEFAULTS = {
+    "digits": dict(space="tiny", epochs=12, batch_size=32, lr=0.05, augment=False, threads=1),
+    "cifar10": dict(space="cifar", epochs=200, batch_size=96, lr=0.025, augment=True),
+    "folder": dict(space="imagenet", epochs=200, batch_size=96, lr=0.025, augment=True),
+}
+
+# What the run computes: a checkpoint continues only under these same values.
+IDENTITY_KEYS = ("data", "image_size", "augment", "space", "max_paths", "kernels", "expansions", "width_mult",
+                 "layout", "shadow_bn", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "seed")
+# Per invocation: never inherited from a checkpoint.
+JOB_KEYS = ("out", "resume", "stop_after")
+
+FLAGS = {"shadow_bn": "--shadow-bn/--no-shadow-bn", "augment": "--augment/--no-augment",
+         "channels_last": "--channels-last"}
+
+
+def flag(key: str) -> str:
+    return FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+# ---------------------------------------------------------------- resolving and checking the config
+
+@dataclass
+class _Plan:
+    """Everything a run needs, checked, before anything is written."""
+
+    config: TrainConfig
+    device: torch.device
+    backend: str
+    backend_note: str
+    splits: Splits
+    space: SearchSpace
+    eval_archs: list[Arch]
+    monitor_arch: Arch
+    out: Path | None  # None: a new runs/<timestamp> folder
+    checkpoint: dict | None = None
+
+
+def _as_options(config: TrainConfig | Mapping | None) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, TrainConfig):
+        config = asdict(config)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _json_ready(value):
+    """Lists, not tuples, so configs compare equal after a round trip through a checkpoint or JSON."""
+    return json.loads(json.dumps(value))
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    def need(ok: bool, key: str, what: str):
+        if not ok:
+            raise ConfigError(f"{flag(key)} {getattr(c, key)!r} is out of range: {what}")
+
+    for key, choices in (("data", DATASETS), ("space", tuple(SPACES)), ("layout", LAYOUTS), ("amp", AMP_MODES)):
+        need(getattr(c, key) in choices, key, f"choose one of {', '.join(choices)}")
+    need(c.epochs >= 1, "epochs", "train for at least 1 epoch")
+    need(c.batch_size >= 1, "batch_size", "use a positive batch size")
+    need(math.isfinite(c.lr) and c.lr > 0, "lr", "the learning rate must be a positive number (release: 0.025)")
+    need(math.isfinite(c.momentum) and 0 <= c.momentum < 1, "momentum", "use 0 <= momentum < 1 (release: 0.9)")
+    need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
+         "weight decay must be >= 0 (release: 3e-4)")
+    need(math.isfinite(c.grad_clip) and c.grad_clip >= 0, "grad_clip", "use a norm > 0, or 0 to turn clipping off")
+    need(c.seed >= 0, "seed", "seeds are non-negative integers")
+    need(1 <= c.max_paths <= 4, "max_paths", "MixPath activates 1 to 4 paths per layer")
+    need(len(c.kernels) > 0 and len(set(c.kernels)) == len(c.kernels)
+         and all(k % 2 == 1 and 1 <= k <= 9 for k in c.kernels), "kernels",
+         "give distinct odd kernel sizes between 1 and 9, e.g. 3,5,7,9")
+    need(c.max_paths <= len(c.kernels), "max_paths", f"at most the number of kernel sizes ({len(c.kernels)})")
+    need(len(c.expansions) > 0 and len(set(c.expansions)) == len(c.expansions)
+         and all(t >= 1 for t in c.expansions), "expansions", "give distinct positive expansion rates, e.g. 3,6")
+    need(math.isfinite(c.width_mult) and 0 < c.width_mult <= 8, "width_mult", "use a multiplier in (0, 8]")
+    need(c.image_size is None or c.image_size >= 4, "image_size", "use at least 4 pixels")
+    need(c.eval_archs >= 0, "eval_archs", "evaluate 0 or more sampled subnets")
+    need(c.calib_batches >= 1, "calib_batches", "BN recalibration needs at least 1 batch")
+    need(c.stop_after is None or c.stop_after >= 1, "stop_after", "stop after at least 1 epoch")
+    need(c.threads is None or c.threads >= 1, "threads", "use at least 1 thread")
+    need(c.workers is None or c.workers >= 0, "workers", "use 0 or more data loader workers")
+    if c.eval_archs + len(c.eval_arch) == 0:
+        raise ConfigError("nothing to evaluate at the end: pass --eval-archs N >= 1 or --eval-arch STR")
+    if c.fused and c.backend is not None:
+        raise ConfigError(f"--fused and --backend {c.backend} both choose the backend: pass one of them")
+
+
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: training runs on cpu, cuda or mps")
+    return device
+
+
+def _choose_backend(c: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """(backend name, a note for the log)."""
+    status = backend_status(device)
+    if c.fused:
+        name = default_backend(device)
+        order = AUTO_ORDER.get(device.type, ())
+        skipped = [f"{n}: {status[n]}" for n in order[:order.index(name)]] if name in order else []
+        note = f"--fused picked {name}, the fastest available on {device}"
+        if skipped:
+            note += " (skipped " + "; ".join(skipped) + ")"
+        return name, note
+    name = c.backend or "merged"
+    if name not in status:
+        raise ConfigError(f"--backend {name!r} is unknown: choose one of {', '.join(status)} "
+                          "(or --fused for the fastest available)")
+    if status[name] != "available":
+        raise ConfigError(f"--backend {name} cannot run on {device}: {status[name]}")
+    return name, f"backend {name}" + ("" if c.backend else " (the default; --fused picks a compiled one)")
+
+
+def _check_out(c: TrainConfig, checkpoint: dict | None) -> Path | None:
+    if c.out is None:
+        return Path(checkpoint["path"]).parent if checkpoint else None
+    out = Path(c.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
+    own = checkpoint is not None and out.resolve() == Path(checkpoint["path"]).parent.resolve()
+    if not own and out.is_dir():
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held:
+            hint = f"continue it with --resume {out / CHECKPOINT_NAME}" if CHECKPOINT_NAME in held else \
+                "remove them"
+            raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); {hint}, "
+                              "or choose another --out")
+    return out
+
+
+def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
+    """Fill in the unset options and check everything; nothing is written. Raises ConfigError and friends."""
+    given = _as_options(config)
+    checkpoint = load_checkpoint(given["resume"]) if "resume" in given else None
+    base = {k: v for k, v in checkpoint["config"].items() if k not in JOB_KEYS} if checkpoint else {}
+    # --backend and --fused are one choice: naming either replaces the other's inherited value
+    if "backend" in given:
+        base.pop("fused", None)
+    if given.get("fused"):
+        base.pop("backend", None)
+    options = {**base, **given}
+    data = options.get("data", DEFAULTS["data"])
+    if data not in DATASET_DEFAULTS:
+        raise ConfigError(f"--data {data!r} is unknown: choose one of {', '.join(DATASETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    merged = {**DEFAULTS, **DATASET_DEFAULTS[data], **{k: v for k, v in options.items() if k in known}}
+    merged.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    c = TrainConfig(**merged)
+    c.kernels, c.expansions, c.eval_arch = list(c.kernels), list(c.expansions), list(c.eval_arch)
+    # Before loading data: a run resumed with another --data should hear that, not a data error.
+    if checkpoint is not None:
+        current = _json_ready(asdict(c))
+        diffs = config_differences(checkpoint["config"], current, IDENTITY_KEYS)
+        if diffs:
+            listed = "; ".join(f"{flag(k)} {old!r} there, {new!r} now" for k, old, new in diffs)
+            raise CheckpointError(f"checkpoint {checkpoint['path']} was trained with other settings ({listed}): "
+                                  "drop those options to continue it, or start a fresh run in another --out")
+        if checkpoint["epoch"] > c.epochs:
+            raise CheckpointError(f"checkpoint {checkpoint['path']} is at epoch {checkpoint['epoch']}, past "
+                                  f"its {c.epochs} epochs: it is damaged")
+    _check_ranges(c)
+    device = _check_device(c.device)
+    backend, note = _choose_backend(c, device)
+    if c.amp != "none" and not torch.amp.is_autocast_available(device.type):
+        raise ConfigError(f"--amp {c.amp}: torch has no autocast for {device.type}; drop --amp")
+
+    splits = load_data(c.data, c.data_dir, image_size=c.image_size)
+    c.image_size = splits.image_size
+    if num_batches(splits.train, c.batch_size, train=True) == 0:
+        raise ConfigError(f"--batch-size {c.batch_size} exceeds the {len(splits.train)} training images: "
+                          "lower it")
+    try:
+        space = get_space(c.space, max_paths=c.max_paths, kernel_sizes=tuple(c.kernels),
+                          expansions=tuple(c.expansions), width_mult=c.width_mult,
+                          num_classes=splits.num_classes, input_size=splits.image_size)
+    except ValueError as e:
+        raise ConfigError(f"cannot build the {c.space} space: {e}") from None
+    archs = []
+    for text in c.eval_arch:
+        try:
+            archs.append(space.parse(text))
+        except ArchError as e:
+            raise ArchError(f"--eval-arch {text!r} does not fit the {c.space} space: {e}") from None
+    # The monitored arch is the first draw of the evaluation stream, so it is also the first sampled eval arch.
+    eval_rng = random.Random(f"mixpath-eval-{c.seed}")
+    sampled = [space.sample(eval_rng) for _ in range(max(1, c.eval_archs))]
+    archs += sampled[:c.eval_archs]
+
+    out = _check_out(c, checkpoint)
+    return _Plan(c, device, backend, note, splits, space, archs, sampled[0], out, checkpoint)
+
+
+# ---------------------------------------------------------------- the run
+
+def _new_run_dir() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in itertools.count():
+        out = Path("runs") / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            continue
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), binary=False)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    # Rewritten whole from the history each epoch: after a crash or a resume it matches the checkpoint.
+    atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in history), binary=False)
+
+
+class _Run:
+    def __init__(self, plan: _Plan):
+        self.plan, self.c = plan, plan.config
+        c, device = self.c, plan.device
+        torch.manual_seed(c.seed)
+        self.model = SuperNet(plan.space, layout=c.layout, shadow_bn=c.shadow_bn).to(device)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.set_backend(plan.backend)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
+                                         weight_decay=c.weight_decay)
+        # The release steps its cosine schedule once per epoch, reaching ~0 at the end.
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=c.amp == "fp16")
+        self.sampler = random.Random(c.seed)
+        self.epoch, self.history = 0, []
+        if plan.checkpoint is not None:
+            self._restore(plan.checkpoint)
+
+    def autocast(self):
+        if self.c.amp == "none":
+            return nullcontext()
+        return torch.autocast(self.plan.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.c.amp])
+
+    # -- checkpoints
+    def _state(self) -> dict:
+        state = dict(epoch=self.epoch, config=_json_ready(asdict(self.c)), space=self.plan.space.to_dict(),
+                     model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                     sampler=self.sampler.getstate(), torch_rng=torch.get_rng_state(), history=self.history,
+                     backend=self.plan.backend, device=str(self.plan.device))
+        if self.plan.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.plan.device)
+        return state
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            # An fp16 scaler's state is kept only when both runs use one (AMP may change on resume).
+            if ckpt["scaler"] and self.scaler.is_enabled():
+                self.scaler.load_state_dict(ckpt["scaler"])
+            version, internal, gauss = ckpt["sampler"]
+            self.sampler.setstate((version, tuple(internal), gauss))
+            torch.set_rng_state(ckpt["torch_rng"])
+            if self.plan.device.type == "cuda" and "cuda_rng" in ckpt:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], self.plan.device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {ckpt['path']} does not fit this supernet ({detail[:160]}); "
+                                  "it is damaged: resume from an intact copy or start a fresh run") from None
+        self.epoch, self.history = ckpt["epoch"], list(ckpt["history"])
+
+    # -- evaluation
+    def score(self, arch: Arch) -> float:
+        """Validation accuracy of a stand-alone copy of `arch` after BN recalibration; the supernet is untouched."""
+        c, splits, device = self.c, self.plan.splits, self.plan.device
+        sub = self.model.subnet(arch)
+        if c.channels_last:
+            sub = sub.to(memory_format=torch.channels_last)
+        common = dict(epoch=0, seed=c.seed, device=device, channels_last=c.channels_last, workers=c.workers)
+
+        def calibration():
+            # Un-augmented training images: the statistics should match what validation feeds the BNs.
+            return itertools.islice(batches(splits.train, c.batch_size, train=True, augment=False, **common),
+                                    c.calib_batches)
+
+        def validation():
+            return batches(splits.val, max(c.batch_size, 256), train=False, **common)
+
+        with self.autocast():
+            return score_arch(sub, None, calibration, validation)
+
+    # -- training
+    def train_epoch(self) -> dict:
+        c, plan, model = self.c, self.plan, self.model
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        model.train()
+        data = batches(plan.splits.train, c.batch_size, train=True, epoch=self.epoch, seed=c.seed,
+                       device=plan.device, augment=c.augment, channels_last=c.channels_last, workers=c.workers)
+        # Sums stay on the device; reading them only every few steps keeps GPUs from syncing each step.
+        # Non-finite losses (fp16 overflow, which GradScaler skips) are counted apart from the mean.
+        loss_sum = torch.zeros((), device=plan.device)
+        finite_seen = torch.zeros((), device=plan.device)
+        nonfinite = torch.zeros((), device=plan.device, dtype=torch.long)
+        correct = torch.zeros((), device=plan.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(data, total=len(data), desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
+                   disable=None, dynamic_ncols=True, file=sys.stderr)
+        for step, (x, y) in enumerate(bar):
+            arch = plan.space.sample(self.sampler)
+            with self.autocast():
+                logits = model(x, arch)
+                loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if c.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            finite = torch.isfinite(loss.detach())
+            loss_sum += torch.where(finite, loss.detach().float() * y.numel(), 0.0)
+            finite_seen += finite * y.numel()
+            nonfinite += ~finite
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.numel()
+            if step % 10 == 0 or step == len(data) - 1:
+                bar.set_postfix(loss=f"{loss_sum.item() / max(finite_seen.item(), 1):.3f}",
+                                acc=f"{correct.item() / seen:.3f}", lr=f"{lr:.4g}")
+        bar.close()
+        weights_ok = math.isfinite(sum(p.detach().float().sum() for p in model.parameters()).item())
+        if not weights_ok or finite_seen.item() == 0:
+            raise TrainingError(f"training diverged in epoch {self.epoch + 1} (non-finite "
+                                f"{'weights' if not weights_ok else 'loss'}): lower --lr (now {c.lr}) or "
+                                f"--grad-clip; the last checkpoint is unchanged")
+        train_loss, train_acc = loss_sum.item() / finite_seen.item(), correct.item() / seen
+        self.scheduler.step()
+        self.epoch += 1
+        val_acc = self.score(plan.monitor_arch)
+        record = dict(epoch=self.epoch, train_loss=train_loss, train_acc=train_acc, lr=lr, val_acc=val_acc,
+                      val_arch=str(plan.monitor_arch), nonfinite_steps=int(nonfinite.item()),
+                      seconds=round(time.perf_counter() - start, 3))
+        self.history.append(record)
+        return record
+
+
+def _describe_config(c: TrainConfig) -> str:
+    return (f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}; SGD lr {c.lr} momentum "
+            f"{c.momentum} wd {c.weight_decay}, cosine over {c.epochs} epochs, batch {c.batch_size}, clip "
+            f"{c.grad_clip or 'off'}, seed {c.seed}, augment {'on' if c.augment else 'off'}"
+            + (f", amp {c.amp}" if c.amp != "none" else ""))
+
+
+def train(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], None] = print) -> dict:
+    """Train (or continue) a supernet and score subnets; returns the summary (also written to summary.json).
+
+    With `stop_after`, returns {"stopped": True, ...} after that many epochs, leaving last.pt to resume from.
+    Raises ConfigError, DataError, ArchError or CheckpointError (before writing anything) or TrainingError.
+    """
+    wall = time.perf_counter()
+    plan = resolve(config)
+    c = plan.config
+    threads = torch.get_num_threads()
+    if c.threads is not None:
+        torch.set_num_threads(c.threads)
+    try:
+        run = _Run(plan)
+        out = plan.out or _new_run_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        c.out = str(out)
+        ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+        log(describe(plan.splits))
+        log(plan.space.describe())
+        log(_describe_config(c))
+        log(f"device {plan.device}, {plan.backend_note}"
+            + ("; the official layout has no fused op, so the backend is unused" if c.layout == "official" else "")
+            + f"; writing {out}")
+        if plan.checkpoint is not None:
+            log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
+            _write_metrics(metrics_path, run.history)
+        ran = 0
+        while run.epoch < c.epochs:
+            if c.stop_after is not None and ran == c.stop_after:
+                log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
+                    f"--resume {ckpt_path}")
+                return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs, "checkpoint": str(ckpt_path),
+                        "history": run.history}
+            try:
+                r = run.train_epoch()
+            except KeyboardInterrupt:
+                print(f"interrupted in epoch {run.epoch + 1}; the last completed epoch is in {ckpt_path}: "
+                      f"continue with --resume {ckpt_path}", file=sys.stderr)
+                raise
+            save_checkpoint(ckpt_path, run._state())
+            _write_metrics(metrics_path, run.history)
+            ran += 1
+            log(f"epoch {r['epoch']}/{c.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
+                f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['seconds']:.1f}s")
+
+        start = time.perf_counter()
+        results = []
+        for arch in tqdm(plan.eval_archs, desc="evaluating subnets", leave=False, disable=None, file=sys.stderr):
+            results.append({"arch": str(arch), "val_acc": run.score(arch), "flops": plan.space.flops(arch),
+                            "params": plan.space.params(arch, c.layout)})
+        accs = [r["val_acc"] for r in results]
+        last = run.history[-1] if run.history else {}
+        summary = {
+            "val_acc": sum(accs) / len(accs),
+            "val_acc_per_arch": {r["arch"]: r["val_acc"] for r in results},
+            "val_acc_min": min(accs),
+            "val_acc_max": max(accs),
+            "archs": results,
+            "epochs": run.epoch,
+            "seconds": round(time.perf_counter() - wall, 3),
+            "train_seconds": round(sum(r["seconds"] for r in run.history), 3),
+            "eval_seconds": round(time.perf_counter() - start, 3),
+            "train_loss": last.get("train_loss"),
+            "train_acc": last.get("train_acc"),
+            "backend": plan.backend,
+            "device": str(plan.device),
+            "layout": c.layout,
+            "shadow_bn": c.shadow_bn,
+            "space": plan.space.to_dict(),
+            "data": c.data,
+            "calib_batches": c.calib_batches,
+            "checkpoint": str(ckpt_path),
+            "config": _json_ready(asdict(c)),
+        }
+        _write_json(out / SUMMARY_NAME, summary)
+        log(f"val_acc {summary['val_acc']:.4f} (mean of {len(accs)} subnets, BN recalibrated; "
+            f"min {summary['val_acc_min']:.4f}, max {summary['val_acc_max']:.4f}) after {run.epoch} epochs, "
+            f"{summary['seconds']:.1f}s, {plan.backend} on {plan.device}: {out / SUMMARY_NAME}")
+        return summary
+    finally:
+        torch.set_num_threads(threads)
