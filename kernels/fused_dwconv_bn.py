@@ -1,0 +1,715 @@
+"""Triton kernels for the fused op on the merged kernel: depthwise conv + BatchNorm + activation.
+
+Inputs are those of compiled_op.py's schema: x (N, C, H, W) in float32, float16
+or bfloat16, NCHW or channels_last; the merged kernel W (C, K, K) float32, K odd
+<= 9, stride S in {1, 2}, padding K // 2. Every sum is accumulated in float32.
+
+Passes (T = one read or write of an x-sized tensor in x's dtype)
+----------------------------------------------------------------
+forward, training (2 launches, 3 T):
+  F1 `_fwd_stats`  read x, compute z tile by tile; per-tile mean and M2 merged
+                   with Chan's formula into one (mean, M2) per (chunk, channel)
+                   (accurate when |mean| >> std, unlike a sum of squares).
+  F2 `_fwd_apply`  merge the chunk partials of its channels (fixed order),
+                   recompute z from x, write y = act(z * scale + shift).
+                   Programs of chunk 0 write save_mean / save_var.
+forward, eval (1 launch, 2 T): F2 alone, BN folded into the conv output
+  (scale = gamma * invstd, shift = beta - mean * scale, from the running stats).
+backward (4 launches in training, 3 in eval; 8 T in float32, 10 T in half):
+  B1 `_bwd_stats`  (training) read x and dy, recompute z and u, per-(chunk,
+                   channel) partial sums of du and du * zhat.
+  B2 `_bwd_dz`     read x and dy, recompute z, form dz (training: with dbeta and
+                   dgamma reduced from B1's partials; eval: du * scale, and the
+                   dbeta / dgamma partials are summed here), write dz.
+  B3 `_bwd_dx`     read dz at the K*K shifted positions and x once: dx (the
+                   transposed conv) and, from the same dz values, per-chunk
+                   partials of dW. With stride 2 each output position owns a
+                   2 x 2 block of inputs and each parity class visits only the
+                   taps that reach it. NCHW keeps K*K dW sums per thread and
+                   reduces them across threads once per program; channels_last
+                   (a vector of channels per thread) reduces each tap per tile.
+  B4 `_bwd_final`  sum the partials of dW, dgamma and dbeta in a fixed order.
+dz is the one intermediate in memory: dx needs dz at K*K neighbours, and
+recomputing it there would redo K*K convolutions per output. It is float32
+whatever x's dtype: dW = sum dz * x cancels (exactly to zero for a single 1x1
+path, by BatchNorm's scale invariance), so dz rounded to half precision would
+leave dW dominated by that rounding; it also keeps dx to one rounding.
+
+Saved for backward: x and two float32 vectors per channel (batch mean and
+biased variance); z is recomputed. The `reference` backend (one conv per path,
+their sum, F.batch_norm, activation) keeps the BN input z and, for relu6, the
+activation input u: one or two activation-sized tensors (N * C * Ho * Wo
+elements of x's dtype) per layer more than here, besides the per-path outputs
+and partial sums it materialises during the forward. Passes with 4 paths:
+reference about 22 forward and 33 backward; here 3 and 8 to 10, with 81
+instead of 164 multiply-adds per output and conv pass at K = 9.
+
+Grid and tiling
+---------------
+Every kernel but B4 runs on a grid (channel blocks, chunks). A chunk is a fixed
+range of the flattened output positions p = (n, ho, wo), the same for all the
+kernels of a call; a program walks its chunk in tiles of BLOCK_P positions x
+BLOCK_C channels. The chunk count aims at a few programs per SM; it bounds the
+partial buffers (chunks x C floats), which consumers reduce in a fixed order.
+No atomics: results are bit-identical from run to run for a given shape and
+device.
+- NCHW: BLOCK_C = 1, so a program owns one channel: its weights are uniform
+  scalars and a tile is a contiguous run of each (n, c) plane.
+- channels_last: BLOCK_C = 16 channels, contiguous in memory, so each shifted
+  load is a vector load across channels; W is passed transposed, (K*K, C), so
+  a tap's weights are one too.
+Shapes, strides and K are compile-time constants: tap offsets from the centre
+pointer are constants the loads take as immediates, and division by Ho * Wo and
+Wo becomes multiply-shift. NCHW unrolls all K*K taps; channels_last loops over
+kernel rows (K*K unrolled taps of channel vectors spill registers at K >= 7).
+The price is one compilation per layer shape (Triton caches them on disk). The second kernel of each pair walks its
+programs and tiles in reverse, so its first reads hit what the previous kernel
+left in L2. No autotuning: a fixed tiling keeps results identical across
+processes (summation order depends on it); `plan` is the one place to tune.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}
+# Programs per SM the chunking aims for, and a cap on the chunk count:
+# consumers reduce every chunk's partials of their channels, so keep it small.
+PROGRAMS_PER_SM = 4
+MAX_CHUNKS = 128
+# The interpreter converts float32 to bfloat16 by truncation where GPUs round to
+# nearest even; rounding by hand there keeps CPU tests as accurate as the GPU.
+_ROUND_BF16_BY_HAND = tl.constexpr(INTERPRET)
+
+
+# ----------------------------------------------------------------------------
+# shared device helpers
+# ----------------------------------------------------------------------------
+@triton.jit
+def _positions(p0, p_end, HOWO: tl.constexpr, WO: tl.constexpr, BLOCK_P: tl.constexpr, BIG: tl.constexpr):
+    """Flattened output positions p0 .. p0 + BLOCK_P as (valid, n, ho, wo)."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    ok = p < p_end
+    n = p // HOWO
+    r = p - n * HOWO
+    h = r // WO
+    w = r - h * WO
+    if BIG:
+        n = n.to(tl.int64)
+    return ok, n, h, w
+
+
+@triton.jit
+def _conv_row(acc, xa, wa, rm, wi0, tcm, W: tl.constexpr, SXW: tl.constexpr, SWT: tl.constexpr,
+              K: tl.constexpr, PAD: tl.constexpr):
+    """Add one kernel row's K taps to acc: xa, wa point at the row's input and weights."""
+    for b in tl.static_range(K):
+        wi = wi0 + b
+        m = _tile_mask(rm & ((wi >= 0) & (wi < W)), tcm)
+        xv = tl.load(xa + (b - PAD) * SXW, mask=m, other=0.0)
+        acc += xv.to(tl.float32) * _load_channels(wa + b * SWT, tcm)[None, :]
+    return acc
+
+
+@triton.jit
+def _dwconv(xp, wp, h, w, ok, tcm,
+            H: tl.constexpr, W: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr, SWT: tl.constexpr,
+            K: tl.constexpr, S: tl.constexpr, UNROLL: tl.constexpr, BLOCK_P: tl.constexpr,
+            BLOCK_C: tl.constexpr):
+    """z for one tile. xp: pointers to each output's centre tap; (h, w): output coordinates;
+    wp: pointers to the tile channels' first weight, SWT apart from tap to tap; tcm: tile
+    channel mask (None: all channels exist). Each tap's offset within its row, and with
+    UNROLL every tap's offset, is a compile-time constant the load takes as an immediate.
+    Without UNROLL the rows are a loop: with a vector of channels per thread, unrolling
+    all K*K taps lets the compiler hoist every load and spill."""
+    PAD: tl.constexpr = K // 2
+    hi0 = h * S - PAD
+    wi0 = w * S - PAD
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    if UNROLL:
+        for a in tl.static_range(K):
+            hi = hi0 + a
+            rm = ok & ((hi >= 0) & (hi < H))
+            acc = _conv_row(acc, xp + (a - PAD) * SXH, wp + a * K * SWT, rm, wi0, tcm, W, SXW, SWT, K, PAD)
+    else:
+        for a in range(K):
+            hi = hi0 + a
+            rm = ok & ((hi >= 0) & (hi < H))
+            acc = _conv_row(acc, xp + (a - PAD) * SXH, wp + a * K * SWT, rm, wi0, tcm, W, SXW, SWT, K, PAD)
+    return acc
+
+
+@triton.jit
+def _tile_mask(ok, tcm):
+    """[BLOCK_P, BLOCK_C] mask from the position mask and the tile channel mask (None: all there)."""
+    if tcm is None:
+        m = ok[:, None]
+    else:
+        m = ok[:, None] & tcm[None, :]
+    return m
+
+
+@triton.jit
+def _tile_mask3(ok, tcm):
+    """_tile_mask for [E, TP, BLOCK_C] tiles."""
+    if tcm is None:
+        m = ok[:, :, None]
+    else:
+        m = ok[:, :, None] & tcm[None, None, :]
+    return m
+
+
+@triton.jit
+def _load_channels(ptr, tcm):
+    if tcm is None:
+        v = tl.load(ptr)
+    else:
+        v = tl.load(ptr, mask=tcm, other=0.0)
+    return v
+
+
+@triton.jit
+def _cast_for(v, ptr):
+    """v (float32) in the element type of ptr, rounded to nearest even."""
+    if _ROUND_BF16_BY_HAND:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+            v = bits.to(tl.float32, bitcast=True)
+    return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _act(u, ACT: tl.constexpr):
+    if ACT == 2:
+        u = tl.minimum(tl.maximum(u, 0.0), 6.0)
+    elif ACT == 1:
+        u = tl.maximum(u, 0.0)
+    return u
+
+
+@triton.jit
+def _act_grad(u, g, ACT: tl.constexpr):
+    """g * act'(u), with PyTorch's convention of a zero slope at the kinks."""
+    if ACT == 2:
+        g = tl.where((u > 0.0) & (u < 6.0), g, 0.0)
+    elif ACT == 1:
+        g = tl.where(u > 0.0, g, 0.0)
+    return g
+
+
+@triton.jit
+def _sum_partials(ptr, c, cm, NC, C: tl.constexpr, NC_PAD: tl.constexpr):
+    """Sum over chunks of a (NC, C) partial buffer for channels c, in a fixed tree order."""
+    k = tl.arange(0, NC_PAD)
+    m = (k < NC)[:, None] & cm[None, :]
+    v = tl.load(ptr + k[:, None] * C + c[None, :], mask=m, other=0.0)
+    return tl.sum(v, axis=0)
+
+
+@triton.jit
+def _merge_stats(mean_ptr, m2_ptr, c, cm, NP, NC, CHUNK_P, C: tl.constexpr, NC_PAD: tl.constexpr):
+    """Batch mean and biased variance from per-chunk (mean, M2) partials (Chan's parallel formula)."""
+    k = tl.arange(0, NC_PAD)
+    km = k < NC
+    m = km[:, None] & cm[None, :]
+    offs = k[:, None] * C + c[None, :]
+    means = tl.load(mean_ptr + offs, mask=m, other=0.0)
+    m2s = tl.load(m2_ptr + offs, mask=m, other=0.0)
+    cnt = tl.where(km, tl.minimum(NP - k * CHUNK_P, CHUNK_P), 0).to(tl.float32)[:, None]
+    total = NP * 1.0
+    mean = tl.sum(cnt * means, axis=0) / total
+    d = means - mean[None, :]
+    var = tl.sum(m2s + cnt * d * d, axis=0) / total
+    return mean, var
+
+
+@triton.jit
+def _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm):
+    inv = 1.0 / tl.sqrt(var + eps)
+    scale = tl.load(gamma_ptr + c, mask=cm, other=0.0) * inv
+    shift = tl.load(beta_ptr + c, mask=cm, other=0.0) - mean * scale
+    return inv, scale, shift
+
+
+# ----------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------
+@triton.jit
+def _fwd_stats(x_ptr, w_ptr, pmean_ptr, pm2_ptr, NP, CHUNK_P,
+               C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+               SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
+               SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
+               EVEN_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tcm = None if EVEN_C else cm
+    wp = w_ptr + c * SWC
+    chunk = tl.program_id(1)
+    p_start = chunk * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, NP)
+    mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+        # Chan's merge of this tile's (count, mean, M2) into the chunk's: stable for |mean| >> std
+        seen = (p0 - p_start).to(tl.float32)
+        cnt = tl.minimum(p_end - p0, BLOCK_P).to(tl.float32)
+        t_mean = tl.sum(z, axis=0) / cnt  # masked positions give z = 0
+        d = tl.where(ok[:, None], z - t_mean[None, :], 0.0)
+        delta = t_mean - mean
+        mean += delta * (cnt / (seen + cnt))
+        m2 += tl.sum(d * d, axis=0) + delta * delta * (seen * cnt / (seen + cnt))
+    tl.store(pmean_ptr + chunk * C + c, mean, mask=cm)
+    tl.store(pm2_ptr + chunk * C + c, m2, mask=cm)
+
+
+@triton.jit
+def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pmean_ptr, pm2_ptr,
+               smean_ptr, svar_ptr, eps, NP, NC, CHUNK_P,
+               C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+               SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
+               SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
+               SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
+               EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
+               REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c = tl.program_id(0)
+    chunk = tl.program_id(1)
+    if REVERSE:
+        pid_c = tl.num_programs(0) - 1 - pid_c
+        chunk = tl.num_programs(1) - 1 - chunk
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tcm = None if EVEN_C else cm
+    wp = w_ptr + c * SWC
+    if TRAINING:
+        mean, var = _merge_stats(pmean_ptr, pm2_ptr, c, cm, NP, NC, CHUNK_P, C, NC_PAD)
+    else:
+        mean = tl.load(rmean_ptr + c, mask=cm, other=0.0)
+        var = tl.load(rvar_ptr + c, mask=cm, other=1.0)
+    if chunk == 0:
+        tl.store(smean_ptr + c, mean, mask=cm)
+        tl.store(svar_ptr + c, var, mask=cm)
+    inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
+    p_start = chunk * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, NP)
+    n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
+    for t in range(0, n_tiles):
+        if REVERSE:
+            p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
+        else:
+            p0 = p_start + t * BLOCK_P
+        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+        y = _act(z * scale[None, :] + shift[None, :], ACT)
+        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+        tl.store(y_ptr + yo, _cast_for(y, y_ptr), mask=_tile_mask(ok, tcm))
+
+
+# ----------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------
+@triton.jit
+def _bwd_stats(x_ptr, w_ptr, dy_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_ptr, pdb_ptr, pdg_ptr,
+               eps, NP, CHUNK_P,
+               C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+               SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
+               SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
+               SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
+               EVEN_C: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tcm = None if EVEN_C else cm
+    wp = w_ptr + c * SWC
+    chunk = tl.program_id(1)
+    mean = tl.load(smean_ptr + c, mask=cm, other=0.0)
+    var = tl.load(svar_ptr + c, mask=cm, other=1.0)
+    inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
+    p_start = chunk * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, NP)
+    db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+        g = tl.load(dy_ptr + yo, mask=_tile_mask(ok, tcm), other=0.0).to(tl.float32)
+        du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
+        db += tl.sum(du, axis=0)
+        dg += tl.sum(du * (z - mean[None, :]), axis=0)
+    tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
+    tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
+
+
+@triton.jit
+def _bwd_dz(x_ptr, w_ptr, dy_ptr, dz_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_ptr, pdb_ptr, pdg_ptr,
+            eps, NP, NC, CHUNK_P,
+            C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+            SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
+            SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
+            SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
+            EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
+            REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c = tl.program_id(0)
+    chunk = tl.program_id(1)
+    if REVERSE:
+        pid_c = tl.num_programs(0) - 1 - pid_c
+        chunk = tl.num_programs(1) - 1 - chunk
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tcm = None if EVEN_C else cm
+    wp = w_ptr + c * SWC
+    mean = tl.load(smean_ptr + c, mask=cm, other=0.0)
+    var = tl.load(svar_ptr + c, mask=cm, other=1.0)
+    inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
+    if TRAINING:
+        # dz = scale * (du - dbeta / n - zhat * dgamma / n) = scale * du + zc * (z - mean) + z0
+        total = NP * 1.0
+        zc = -scale * inv * _sum_partials(pdg_ptr, c, cm, NC, C, NC_PAD) / total
+        z0 = -scale * _sum_partials(pdb_ptr, c, cm, NC, C, NC_PAD) / total
+    else:
+        db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    p_start = chunk * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, NP)
+    n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
+    for t in range(0, n_tiles):
+        if REVERSE:
+            p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
+        else:
+            p0 = p_start + t * BLOCK_P
+        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+        m = _tile_mask(ok, tcm)
+        g = tl.load(dy_ptr + yo, mask=m, other=0.0).to(tl.float32)
+        du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
+        if TRAINING:
+            dz = du * scale[None, :] + (z - mean[None, :]) * zc[None, :] + z0[None, :]
+        else:
+            dz = du * scale[None, :]
+            db += tl.sum(du, axis=0)
+            dg += tl.sum(du * (z - mean[None, :]), axis=0)
+        tl.store(dz_ptr + yo, _cast_for(dz, dz_ptr), mask=m)
+    if not TRAINING:
+        tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
+        tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
+
+
+@triton.jit
+def _bwd_dx(dz_ptr, x_ptr, w_ptr, dx_ptr, pdw_ptr, NP, CHUNK_P,
+            C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+            SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
+            SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
+            SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
+            EVEN_C: tl.constexpr, KK_PAD: tl.constexpr, TP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dx, and per-chunk partials of dW from the same shifted dz values.
+
+    Output position (n, i, j) owns the S x S input positions (S*i + ph, S*j + pw).
+    Tap (a, b) reaches parity class (ph, pw) from dz at (i + (ph + PAD - a) / S,
+    j + (pw + PAD - b) / S) when both divisions are exact, so with S = 2 each
+    class visits only its own quarter of the taps.
+
+    A tile is [E, TP, BLOCK_C] with E = BLOCK_P // TP. With BLOCK_C = 1 (NCHW) and TP
+    the number of threads, axis 0 lies within each thread: dW is accumulated per
+    thread and tap (the one-hot update folds to one add, the tap index of each
+    register being a constant) and reduced across threads once per program. With
+    channel vectors per thread (channels_last) that would take K*K registers per
+    channel, so there each tap's products are summed over the tile at once.
+    """
+    PAD: tl.constexpr = K // 2
+    E: tl.constexpr = BLOCK_P // TP
+    PER_THREAD: tl.constexpr = BLOCK_C == 1
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tcm = None if EVEN_C else cm
+    wp = w_ptr + c * SWC
+    c3 = c[None, None, :]
+    chunk = tl.program_id(1)
+    if PER_THREAD:
+        taps = tl.arange(0, KK_PAD)[:, None, None]
+        dw = tl.zeros((KK_PAD, TP, BLOCK_C), dtype=tl.float32)
+    else:
+        taps = tl.arange(0, KK_PAD)[:, None]
+        dw = tl.zeros((KK_PAD, BLOCK_C), dtype=tl.float32)
+    p_start = chunk * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, NP)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        p = p0 + (tl.arange(0, E)[:, None] * TP + tl.arange(0, TP)[None, :])
+        ok = p < p_end
+        n = p // (HO * WO)
+        i = p % (HO * WO) // WO
+        j = p % WO
+        if BIG:
+            n = n.to(tl.int64)
+        gp = dz_ptr + (n * SYN + i * SYH + j * SYW)[:, :, None] + c3 * SYC
+        for ph in tl.static_range(S):
+            hi = i * S + ph
+            for pw in tl.static_range(S):
+                wi = j * S + pw
+                pm = ok & (hi < H) & (wi < W)
+                xo = (n * SXN + hi * SXH + wi * SXW)[:, :, None] + c3 * SXC
+                xm = _tile_mask3(pm, tcm)
+                xv = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+                acc = tl.zeros((E, TP, BLOCK_C), dtype=tl.float32)
+                # the rows a with (ph + PAD - a) divisible by S; unrolled as in _dwconv when
+                # the one-hot update of dW must see constant tap indices
+                if PER_THREAD:
+                    for a in tl.static_range((ph + PAD) % S, K, S):
+                        acc, dw = _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph, pw, HO, WO, SYH, SYW,
+                                          SWT, K, S, PER_THREAD)
+                else:
+                    for a in range((ph + PAD) % S, K, S):
+                        acc, dw = _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph, pw, HO, WO, SYH, SYW,
+                                          SWT, K, S, PER_THREAD)
+                tl.store(dx_ptr + xo, _cast_for(acc, dx_ptr), mask=xm)
+    if PER_THREAD:
+        dw = tl.sum(dw, axis=1)
+    t2 = tl.arange(0, KK_PAD)[:, None]
+    tl.store(pdw_ptr + chunk * (C * K * K) + c[None, :] * (K * K) + t2, dw, mask=(t2 < K * K) & cm[None, :])
+
+
+@triton.jit
+def _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph: tl.constexpr, pw: tl.constexpr,
+            HO: tl.constexpr, WO: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr, SWT: tl.constexpr,
+            K: tl.constexpr, S: tl.constexpr, PER_THREAD: tl.constexpr):
+    """Kernel row a's taps for parity class (ph, pw) of _bwd_dx: dx into acc, dW products into dw."""
+    PAD: tl.constexpr = K // 2
+    di = (ph + PAD - a) // S
+    ii = i + di
+    rm = pm & ((ii >= 0) & (ii < HO))
+    ga = gp + di * SYH
+    wa = wp + a * K * SWT
+    for b in tl.static_range(K):
+        if (pw + PAD - b) % S == 0:
+            jj = j + (pw + PAD - b) // S
+            m = _tile_mask3(rm & ((jj >= 0) & (jj < WO)), tcm)
+            g = tl.load(ga + (pw + PAD - b) // S * SYW, mask=m, other=0.0).to(tl.float32)
+            acc += g * _load_channels(wa + b * SWT, tcm)[None, None, :]
+            if PER_THREAD:
+                dw += tl.where(taps == a * K + b, tl.sum(g * xv, axis=0)[None, :, :], 0.0)
+            else:
+                dw += tl.where(taps == a * K + b, tl.sum(tl.sum(g * xv, axis=0), axis=0)[None, :], 0.0)
+    return acc, dw
+
+
+@triton.jit
+def _bwd_final(pdw_ptr, pdb_ptr, pdg_ptr, dw_ptr, db_ptr, dg_ptr, NC,
+               C: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr, NC_PAD: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    tl.store(db_ptr + c, _sum_partials(pdb_ptr, c, cm, NC, C, NC_PAD), mask=cm)
+    tl.store(dg_ptr + c, _sum_partials(pdg_ptr, c, cm, NC, C, NC_PAD), mask=cm)
+    taps = tl.arange(0, KK_PAD)
+    offs = c[:, None] * KK + taps[None, :]
+    m = cm[:, None] & (taps < KK)[None, :]
+    acc = tl.zeros((BLOCK_C, KK_PAD), dtype=tl.float32)
+    for k in range(0, NC):
+        acc += tl.load(pdw_ptr + k * (C * KK) + offs, mask=m, other=0.0)
+    tl.store(dw_ptr + offs, acc, mask=m)
+
+
+# ----------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How one call is tiled: BLOCK_P positions x BLOCK_C channels per tile, `chunks`
+    ranges of `chunk_p` positions each (a multiple of BLOCK_P), one program per
+    (channel block, chunk)."""
+    block_p: int
+    block_c: int
+    chunks: int
+    chunk_p: int
+    num_warps: int
+
+    @property
+    def nc_pad(self) -> int:
+        return triton.next_power_of_2(self.chunks)
+
+    def dx_tile(self, itemsize: int) -> tuple[int, int]:
+        """(BLOCK_P, TP) of B3. Its tiles are [4, TP, BLOCK_C], TP positions spanning the
+        threads the channel vectors leave, so the first axis lies within each thread and
+        dW products are summed there before crossing threads: once per program with one
+        channel per program, once per tap and tile with channel vectors. Four rows keep
+        K = 9 within the registers."""
+        lanes_c = max(1, self.block_c // max(1, 16 // itemsize))
+        tp = max(1, min(self.block_p, 32 * self.num_warps // lanes_c))
+        return 4 * tp, tp
+
+    def meta(self, C: int) -> dict:
+        """Launch parameters shared by the tiled kernels."""
+        return dict(BLOCK_P=self.block_p, BLOCK_C=self.block_c, EVEN_C=C % self.block_c == 0,
+                    num_warps=self.num_warps)
+
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNT[device]
+
+
+def plan(x: torch.Tensor, positions: int, channels_last: bool, *, block_p: int | None = None,
+         block_c: int | None = None, chunks: int | None = None) -> Plan:
+    """The tiling for x with `positions` = N * Ho * Wo outputs per channel.
+
+    block_p, block_c and chunks override the heuristics (tests use them to
+    exercise several tiles, channel blocks and chunks on small inputs);
+    block_p and block_c must be powers of two.
+    """
+    C = x.shape[1]
+    if block_c is None:
+        # the interpreter pays per program and per operation, not per element:
+        # one program for all channels and one tile per program keep it fast
+        block_c = min(16, triton.next_power_of_2(C)) if (channels_last or INTERPRET) else 1
+    if block_p is None:
+        block_p = 64 if channels_last else 1024
+        if INTERPRET:
+            block_p = min(4096, triton.next_power_of_2(positions))
+    block_p = max(block_p, 16)
+    tiles = triton.cdiv(positions, block_p)
+    if chunks is None:
+        channel_blocks = triton.cdiv(C, block_c)
+        chunks = 1 if INTERPRET else triton.cdiv(PROGRAMS_PER_SM * _sm_count(x.device), channel_blocks)
+        chunks = min(chunks, MAX_CHUNKS)
+    chunks = max(1, min(chunks, tiles))
+    tiles_per_chunk = triton.cdiv(tiles, chunks)
+    chunks = triton.cdiv(tiles, tiles_per_chunk)
+    return Plan(block_p, block_c, chunks, tiles_per_chunk * block_p, num_warps=4)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, stride: int, activation: str) -> None:
+    if x.dim() != 4 or weight.dim() != 3 or weight.shape[0] != x.shape[1] or weight.shape[1] != weight.shape[2]:
+        raise ValueError(f"expected x (N, C, H, W) and weight (C, K, K); "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.shape[-1] % 2 == 0:
+        raise ValueError(f"kernel size must be odd; got {weight.shape[-1]}")
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2; got {stride}")
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}; got {activation!r}")
+
+
+@dataclass
+class _Call:
+    """What the kernels of one forward or backward call share."""
+    x: torch.Tensor
+    fmt: torch.memory_format
+    weight: torch.Tensor  # float32, (C, K*K) or, channels_last, (K*K, C)
+    plan: Plan
+    args: dict  # compile-time shape, stride and tiling arguments
+    grid: tuple
+    positions: int
+
+
+def _prepare(x, weight, stride: int, activation: str, tiling: dict) -> _Call:
+    _check(x, weight, stride, activation)
+    fmt = _memory_format(x)
+    channels_last = fmt == torch.channels_last
+    x = x.contiguous(memory_format=fmt)
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    weight = weight.to(torch.float32).reshape(C, K * K)
+    # channels_last reads W as (K*K, C): a tap's weights for a channel block are one vector load
+    weight = (weight.t() if channels_last else weight).contiguous()
+    swc, swt = (1, C) if channels_last else (K * K, 1)
+    p = plan(x, N * Ho * Wo, channels_last, **tiling)
+    out_strides = torch.empty((N, C, Ho, Wo), device="meta", memory_format=fmt).stride()
+    args = dict(C=C, H=H, W=W, HO=Ho, WO=Wo, K=K, S=stride, SWC=swc, SWT=swt, BIG=x.numel() >= 2**31, **p.meta(C))
+    args.update({f"SX{d}": st for d, st in zip("NCHW", x.stride())})
+    args.update({f"SY{d}": st for d, st in zip("NCHW", out_strides)})
+    return _Call(x, fmt, weight, p, args, (triton.cdiv(C, p.block_c), p.chunks), N * Ho * Wo)
+
+
+def _device_guard(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _without_outputs(args: dict) -> dict:
+    return {k: v for k, v in args.items() if not k.startswith("SY")}
+
+
+def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stride: int, training: bool, eps: float,
+            activation: str, **tiling):
+    """(y, save_mean, save_var) per compiled_op.py's schema; y in x's dtype and memory format.
+
+    tiling: block_p, block_c, chunks overrides for `plan` (tests)."""
+    call = _prepare(x, weight, stride, activation, tiling)
+    x, p, NP = call.x, call.plan, call.positions
+    N, C = x.shape[:2]
+    y = torch.empty((N, C, call.args["HO"], call.args["WO"]), dtype=x.dtype, device=x.device,
+                    memory_format=call.fmt)
+    save_mean = torch.empty(C, dtype=torch.float32, device=x.device)
+    save_var = torch.empty(C, dtype=torch.float32, device=x.device)
+    with _device_guard(x):
+        if training:
+            pmean = torch.empty((p.chunks, C), dtype=torch.float32, device=x.device)
+            pm2 = torch.empty_like(pmean)
+            _fwd_stats[call.grid](x, call.weight, pmean, pm2, NP, p.chunk_p, **_without_outputs(call.args))
+        else:
+            pmean = pm2 = save_mean  # not read in eval
+        _fwd_apply[call.grid](x, call.weight, y, bn_weight, bn_bias, running_mean, running_var, pmean, pm2,
+                              save_mean, save_var, eps, NP, p.chunks, p.chunk_p, **call.args,
+                              TRAINING=training, ACT=ACTIVATION_CODES[activation], REVERSE=training, NC_PAD=p.nc_pad)
+    return y, save_mean, save_var
+
+
+def backward(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride: int, training: bool, eps: float,
+             activation: str, **tiling):
+    """(dx, dweight, dbn_weight, dbn_bias) per compiled_op.py's schema; dx in x's dtype and memory format.
+
+    tiling: block_p, block_c, chunks overrides for `plan` (tests)."""
+    call = _prepare(x, weight, stride, activation, tiling)
+    x, p, NP, args = call.x, call.plan, call.positions, call.args
+    N, C = x.shape[:2]
+    K = args["K"]
+    dy = dy.to(x.dtype).contiguous(memory_format=call.fmt)
+    dev = x.device
+    act = ACTIVATION_CODES[activation]
+    dz = torch.empty_like(dy, dtype=torch.float32)  # float32: see "dz" in the module docstring
+    dx = torch.empty_like(x)
+    pdb = torch.empty((p.chunks, C), dtype=torch.float32, device=dev)
+    pdg = torch.empty_like(pdb)
+    pdw = torch.empty((p.chunks, C, K * K), dtype=torch.float32, device=dev)
+    dweight = torch.empty((C, K, K), dtype=torch.float32, device=dev)
+    dgamma = torch.empty(C, dtype=torch.float32, device=dev)
+    dbeta = torch.empty(C, dtype=torch.float32, device=dev)
+    kk_pad = triton.next_power_of_2(K * K)
+    with _device_guard(x):
+        if training:
+            _bwd_stats[call.grid](x, call.weight, dy, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps, NP,
+                                  p.chunk_p, **args, ACT=act)
+        _bwd_dz[call.grid](x, call.weight, dy, dz, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps, NP,
+                           p.chunks, p.chunk_p, **args, TRAINING=training, ACT=act, REVERSE=training,
+                           NC_PAD=p.nc_pad)
+        dx_block, dx_tp = p.dx_tile(x.element_size())
+        _bwd_dx[call.grid](dz, x, call.weight, dx, pdw, NP, p.chunk_p, **{**args, "BLOCK_P": dx_block},
+                           KK_PAD=kk_pad, TP=dx_tp)
+        final_block = min(32, triton.next_power_of_2(C))
+        _bwd_final[(triton.cdiv(C, final_block),)](pdw, pdb, pdg, dweight, dbeta, dgamma, p.chunks, C=C, KK=K * K,
+                                                   KK_PAD=kk_pad, NC_PAD=p.nc_pad, BLOCK_C=final_block)
+    return dx, dweight, dgamma, dbeta
