@@ -25,13 +25,17 @@ else:
     _LOAD_ERROR = None
     compiled_op.register(FORWARD, BACKWARD)
 
+# Read once: the dispatcher query is not traceable by torch.compile, and the answer never changes.
+_HAS_KERNEL = {key: _LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD, key)
+               for key in ("CPU", "CUDA")}
+
 
 def missing(device_type: str) -> str | None:
     """None when the extension has a kernel for `device_type` ('cpu' or 'cuda'), else why not."""
     if _LOAD_ERROR is not None:
         return _LOAD_ERROR
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD, key):
+    if not _HAS_KERNEL[key]:
         return (f"mixpath._C was built without {key} kernels"
                 + (" (torch has no CUDA, or MIXPATH_SKIP_CUDA=1 was set)" if key == "CUDA" else ""))
     if key == "CUDA" and not torch.cuda.is_available():
