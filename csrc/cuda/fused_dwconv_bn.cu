@@ -1,0 +1,198 @@
+// Entry points of the CUDA kernels (fused_dwconv_bn_kernels.h): shape checks,
+// workspace sizes, the layout dispatch, and the last backward kernel, which
+// reduces the per-block partials of dW, dgamma and dbeta in a fixed order.
+// The kernels themselves: fused_dwconv_bn_nchw.cu (NCHW) and
+// fused_dwconv_bn_nhwc.cu (channels_last); their headers describe the passes.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "fused_dwconv_bn_device.cuh"
+#include "fused_dwconv_bn_internal.h"
+
+namespace mixpath {
+namespace cuda_kernels {
+namespace detail {
+namespace {
+
+// One warp per channel.
+__global__ void backward_finish_kernel(const float* __restrict__ grad_part, int grad_slots,
+                                       const float* __restrict__ dw_part, int dw_slots,
+                                       const float* __restrict__ save_var, float eps, int64_t C, int K, int out_k,
+                                       float* __restrict__ dweight, float* __restrict__ dgamma,
+                                       float* __restrict__ dbeta) {
+  const int lane = threadIdx.x & 31;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (c >= C) return;  // the whole warp
+  const float* gp = grad_part + c * grad_slots * 2;
+  const float sdu = warp_sum_strided(gp, grad_slots, 2);
+  const float sduz = warp_sum_strided(gp + 1, grad_slots, 2);
+  if (lane == 0) {
+    dbeta[c] = sdu;
+    dgamma[c] = sduz * rsqrtf(save_var[c] + eps);
+  }
+  const int taps = K * K, off = (K - out_k) / 2;
+  for (int o = lane; o < out_k * out_k; o += 32) {
+    const int tap = (o / out_k + off) * K + o % out_k + off;
+    float s = 0.f;
+    for (int i = 0; i < dw_slots; ++i) s += dw_part[(c * dw_slots + i) * taps + tap];
+    dweight[c * out_k * out_k + o] = s;
+  }
+}
+
+// A 1 x 1 kernel as the centre of a zero 3 x 3 one: the 3 x 3 kernels then
+// compute exactly the 1 x 1 result (the other taps add 0 * x), so K = 1 needs
+// no kernels of its own.
+__global__ void pad_1x1_kernel(const float* __restrict__ w1, int64_t C, float* __restrict__ w3) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < 9 * C) w3[i] = i % 9 == 4 ? w1[i / 9] : 0.f;
+}
+
+}  // namespace
+
+cudaError_t launch_backward_finish(const float* grad_part, int grad_slots, const float* dw_part, int dw_slots,
+                                   const float* save_var, float eps, int64_t C, int K, int out_k, float* dweight,
+                                   float* dgamma, float* dbeta, cudaStream_t stream) {
+  constexpr int kWarps = 8;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(C, kWarps));
+  backward_finish_kernel<<<blocks, 32 * kWarps, 0, stream>>>(grad_part, grad_slots, dw_part, dw_slots, save_var, eps,
+                                                              C, K, out_k, dweight, dgamma, dbeta);
+  return cudaGetLastError();
+}
+
+namespace {
+
+// The shape the kernels run: K = 1 as 3 (see pad_1x1_kernel).
+OpShape run_shape(const OpShape& s) {
+  OpShape r = s;
+  if (r.K == 1) r.K = 3;
+  return r;
+}
+
+// Floats of workspace before the padded 1 x 1 kernel (16-byte aligned).
+size_t padded_offset(size_t floats) { return static_cast<size_t>(round_up(static_cast<int64_t>(floats), 4)); }
+
+// For K = 1: writes the padded kernel at ws and returns it; else returns w.
+const float* padded_weight(const OpShape& s, const float* w, float* ws, cudaStream_t stream, cudaError_t* err) {
+  *err = cudaSuccess;
+  if (s.K != 1) return w;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(9 * s.C, 256));
+  pad_1x1_kernel<<<blocks, 256, 0, stream>>>(w, s.C, ws);
+  *err = cudaGetLastError();
+  return ws;
+}
+
+size_t workspace_floats(const OpShape& s, int num_sms, bool backward) {
+  const OpShape r = run_shape(s);
+  size_t floats = 0;
+  if (backward) {
+    const BackwardArgs none{};
+    if (r.channels_last) {
+      nhwc_backward(r, none, nullptr, num_sms, nullptr, &floats, s.K);
+    } else {
+      nchw_backward(r, none, nullptr, num_sms, nullptr, &floats, s.K);
+    }
+  } else {
+    const ForwardArgs none{};
+    if (r.channels_last) {
+      nhwc_forward(r, none, nullptr, num_sms, nullptr, &floats);
+    } else {
+      nchw_forward(r, none, nullptr, num_sms, nullptr, &floats);
+    }
+  }
+  return s.K == 1 ? padded_offset(floats) + 9 * static_cast<size_t>(s.C) : floats;
+}
+
+}  // namespace
+
+cudaError_t allow_smem(const void* kernel, size_t smem) {
+  // Always the whole budget: the attribute is per kernel, so setting each
+  // plan's own size could lower it below what another plan of the same kernel needs.
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
+}
+
+int resident_blocks(const void* kernel, int threads, size_t smem) {
+  // Cached per device and launch shape: plans are made twice per op (workspace size, launch).
+  using Key = std::tuple<int, const void*, int, size_t>;
+  static std::mutex mutex;
+  static std::map<Key, int> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  const Key key{device, kernel, threads, smem};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  // The opt-in comes first: without it the query counts no block above 48 KB.
+  int n = 0;
+  if (allow_smem(kernel, smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 1;
+  }
+  n = std::max(n, 1);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache[key] = n;
+  return n;
+}
+
+}  // namespace detail
+
+const char* unsupported_reason(const OpShape& s) {
+  if (s.K < 1 || s.K > 9 || s.K % 2 == 0) return "the merged kernel size must be odd and between 1 and 9";
+  if (s.stride != 1 && s.stride != 2) return "stride must be 1 or 2";
+  if (s.N < 1 || s.C < 1 || s.H < 1 || s.W < 1) return "every dimension of x must be at least 1";
+  constexpr int64_t kIntMax = 0x7fffffff;
+  if (s.N * s.C > kIntMax || s.H * s.W > (int64_t{1} << 30) || s.N * s.H * s.W > kIntMax) {
+    return "x is too large for the CUDA kernels' 32-bit plane and item indices";
+  }
+  if (s.eps <= 0.f) return "eps must be positive";
+  return nullptr;
+}
+
+size_t forward_workspace_bytes(const OpShape& s, int num_sms) {
+  return detail::workspace_floats(s, num_sms, false) * sizeof(float);
+}
+
+size_t backward_workspace_bytes(const OpShape& s, int num_sms) {
+  return detail::workspace_floats(s, num_sms, true) * sizeof(float);
+}
+
+cudaError_t forward(const OpShape& s, const ForwardArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
+  if (unsupported_reason(s) != nullptr) return cudaErrorInvalidValue;
+  const OpShape r = detail::run_shape(s);
+  float* ws = static_cast<float*>(workspace);
+  size_t floats = 0;
+  cudaError_t err = r.channels_last ? detail::nhwc_forward(r, a, nullptr, num_sms, stream, &floats)
+                                    : detail::nchw_forward(r, a, nullptr, num_sms, stream, &floats);
+  if (err != cudaSuccess) return err;
+  ForwardArgs ra = a;
+  ra.weight = detail::padded_weight(s, a.weight, ws + detail::padded_offset(floats), stream, &err);
+  if (err != cudaSuccess) return err;
+  return r.channels_last ? detail::nhwc_forward(r, ra, ws, num_sms, stream, nullptr)
+                         : detail::nchw_forward(r, ra, ws, num_sms, stream, nullptr);
+}
+
+cudaError_t backward(const OpShape& s, const BackwardArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
+  if (unsupported_reason(s) != nullptr) return cudaErrorInvalidValue;
+  const OpShape r = detail::run_shape(s);
+  float* ws = static_cast<float*>(workspace);
+  size_t floats = 0;
+  cudaError_t err = r.channels_last ? detail::nhwc_backward(r, a, nullptr, num_sms, stream, &floats, s.K)
+                                    : detail::nchw_backward(r, a, nullptr, num_sms, stream, &floats, s.K);
+  if (err != cudaSuccess) return err;
+  BackwardArgs ra = a;
+  ra.weight = detail::padded_weight(s, a.weight, ws + detail::padded_offset(floats), stream, &err);
+  if (err != cudaSuccess) return err;
+  return r.channels_last ? detail::nhwc_backward(r, ra, ws, num_sms, stream, nullptr, s.K)
+                         : detail::nchw_backward(r, ra, ws, num_sms, stream, nullptr, s.K);
+}
+
+}  // namespace cuda_kernels
+}  // namespace mixpath

@@ -1,0 +1,156 @@
+// CUDA entry points of the fused op (schema: mixpath/ops/compiled_op.py;
+// declared in csrc/fused_dwconv_bn.h, registered by csrc/ops.cpp, which has
+// already checked shapes, dtypes and devices). This file turns tensors into
+// the raw pointers of fused_dwconv_bn_kernels.h: layout, outputs, scratch,
+// device guard and stream. Built only where torch has CUDA.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "../fused_dwconv_bn.h"
+#include "fused_dwconv_bn_kernels.h"
+
+namespace mixpath {
+namespace {
+
+namespace ck = cuda_kernels;
+
+// As contract.output_memory_format: channels_last only when x is dense that
+// way and not also NCHW-contiguous; y and dx follow it.
+at::MemoryFormat layout_of(const at::Tensor& x) {
+  return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ? at::MemoryFormat::ChannelsLast
+                                                                                 : at::MemoryFormat::Contiguous;
+}
+
+ck::DType dtype_of(const at::Tensor& x) {
+  if (x.scalar_type() == at::kFloat) return ck::DType::kFloat32;
+  if (x.scalar_type() == at::kHalf) return ck::DType::kFloat16;
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "mixpath CUDA kernels: x must be float32, float16 or bfloat16; got ",
+              x.scalar_type());
+  return ck::DType::kBFloat16;
+}
+
+ck::Activation activation_of(c10::string_view activation) {
+  if (activation == "relu6") return ck::Activation::kReLU6;
+  if (activation == "relu") return ck::Activation::kReLU;
+  TORCH_CHECK(activation == "none", "mixpath CUDA kernels: activation must be 'relu6', 'relu' or 'none'; got '",
+              std::string(activation), "'");
+  return ck::Activation::kNone;
+}
+
+ck::OpShape shape_of(const at::Tensor& x, const at::Tensor& weight, int64_t stride, bool training, double eps,
+                     c10::string_view activation, at::MemoryFormat fmt) {
+  TORCH_CHECK(x.is_cuda(), "mixpath CUDA kernels: x must be a CUDA tensor; got one on ", x.device());
+  ck::OpShape s{x.size(0),
+                x.size(1),
+                x.size(2),
+                x.size(3),
+                static_cast<int32_t>(weight.size(-1)),
+                static_cast<int32_t>(stride),
+                dtype_of(x),
+                fmt == at::MemoryFormat::ChannelsLast,
+                training,
+                activation_of(activation),
+                static_cast<float>(eps)};
+  const char* reason = ck::unsupported_reason(s);
+  TORCH_CHECK(reason == nullptr, "mixpath CUDA kernels: ", reason != nullptr ? reason : "", " (x ", x.sizes(),
+              ", K = ", s.K, ", stride ", stride, ")");
+  return s;
+}
+
+at::Tensor f32(const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "mixpath CUDA kernels: weight and BatchNorm tensors must be float32; got ",
+              t.scalar_type());
+  return t.contiguous();
+}
+
+void check(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "mixpath CUDA kernels: ", what, " failed: ", cudaGetErrorString(err));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Multiprocessors of the current device (it sizes the per-block partials).
+int sm_count() {
+  int device = 0, count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+}  // namespace
+
+ForwardResult fused_dwconv_bn_forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                           const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                                           const at::Tensor& running_mean, const at::Tensor& running_var,
+                                           int64_t stride, bool training, double eps, c10::string_view activation) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::MemoryFormat fmt = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const ck::OpShape s = shape_of(x, weight_in, stride, training, eps, activation, fmt);
+  const at::Tensor weight = f32(weight_in), gamma = f32(bn_weight), beta = f32(bn_bias);
+  const int64_t Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1;
+  at::Tensor y = at::empty({s.N, s.C, Ho, Wo}, x.options().memory_format(fmt));
+  // Training: the batch statistics, written by the kernels. Eval: copies of the running ones.
+  at::Tensor save_mean = training ? at::empty({s.C}, gamma.options()) : f32(running_mean).clone();
+  at::Tensor save_var = training ? at::empty({s.C}, gamma.options()) : f32(running_var).clone();
+  const int sms = sm_count();
+  const size_t ws_bytes = ck::forward_workspace_bytes(s, sms);
+  at::Tensor workspace = at::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, gamma.options());
+  const ck::ForwardArgs args{x.data_ptr(),
+                             weight.data_ptr<float>(),
+                             gamma.data_ptr<float>(),
+                             beta.data_ptr<float>(),
+                             save_mean.data_ptr<float>(),
+                             save_var.data_ptr<float>(),
+                             y.data_ptr(),
+                             save_mean.data_ptr<float>(),
+                             save_var.data_ptr<float>()};
+  check(ck::forward(s, args, ws_bytes != 0 ? workspace.data_ptr() : nullptr, sms,
+                    current_stream()),
+        "forward");
+  return {y, save_mean, save_var};
+}
+
+BackwardResult fused_dwconv_bn_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in,
+                                             const at::Tensor& weight_in, const at::Tensor& bn_weight,
+                                             const at::Tensor& bn_bias, const at::Tensor& save_mean_in,
+                                             const at::Tensor& save_var_in, int64_t stride, bool training,
+                                             double eps, c10::string_view activation) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::MemoryFormat fmt = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor dy = dy_in.contiguous(fmt);
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "mixpath CUDA kernels: dy must have x's dtype ",
+              x.scalar_type(), "; got ", dy.scalar_type());
+  const ck::OpShape s = shape_of(x, weight_in, stride, training, eps, activation, fmt);
+  const at::Tensor weight = f32(weight_in), gamma = f32(bn_weight), beta = f32(bn_bias);
+  const at::Tensor save_mean = f32(save_mean_in), save_var = f32(save_var_in);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor dweight = at::empty({s.C, s.K, s.K}, weight.options());
+  at::Tensor dgamma = at::empty({s.C}, gamma.options());
+  at::Tensor dbeta = at::empty({s.C}, gamma.options());
+  const int sms = sm_count();
+  const size_t ws_bytes = ck::backward_workspace_bytes(s, sms);
+  at::Tensor workspace = at::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, gamma.options());
+  const ck::BackwardArgs args{dy.data_ptr(),
+                              x.data_ptr(),
+                              weight.data_ptr<float>(),
+                              gamma.data_ptr<float>(),
+                              beta.data_ptr<float>(),
+                              save_mean.data_ptr<float>(),
+                              save_var.data_ptr<float>(),
+                              dx.data_ptr(),
+                              dweight.data_ptr<float>(),
+                              dgamma.data_ptr<float>(),
+                              dbeta.data_ptr<float>()};
+  check(ck::backward(s, args, workspace.data_ptr(), sms, current_stream()), "backward");
+  return {dx, dweight, dgamma, dbeta};
+}
+
+}  // namespace mixpath

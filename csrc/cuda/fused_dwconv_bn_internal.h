@@ -1,0 +1,51 @@
+// Declarations shared by the .cu files (host side): each layout's launcher and
+// the final reduction of the backward partials.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fused_dwconv_bn_kernels.h"
+
+namespace mixpath {
+namespace cuda_kernels {
+namespace detail {
+
+// Each layout's launcher sizes its scratch and enqueues its kernels in one
+// function, so the size and the launches cannot disagree: given ws_floats, it
+// only stores there the number of floats of workspace it needs; given nullptr,
+// it launches.
+cudaError_t nchw_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
+                         size_t* ws_floats);
+cudaError_t nchw_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+                          cudaStream_t stream, size_t* ws_floats, int out_k);
+cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
+                         size_t* ws_floats);
+cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+                          cudaStream_t stream, size_t* ws_floats, int out_k);
+
+// dbeta[c] = sum of grad_part[c][i][0], dgamma[c] = rsqrt(var[c] + eps) * sum of
+// grad_part[c][i][1] (i < grad_slots), dweight[c] = sum of dw_part[c][i]
+// (i < dw_slots, K * K floats each), of which the centred out_k x out_k taps
+// are written (out_k < K when a 1 x 1 kernel ran as a padded 3 x 3); all in a
+// fixed order.
+cudaError_t launch_backward_finish(const float* grad_part, int grad_slots, const float* dw_part, int dw_slots,
+                                   const float* save_var, float eps, int64_t C, int K, int out_k, float* dweight,
+                                   float* dgamma, float* dbeta, cudaStream_t stream);
+
+// Blocks of `threads` threads and `smem` bytes resident per multiprocessor (at least 1).
+int resident_blocks(const void* kernel, int threads, size_t smem);
+
+// Allows `kernel` up to kSmemBudget of dynamic shared memory when `smem` needs more than 48 KB.
+cudaError_t allow_smem(const void* kernel, size_t smem);
+
+constexpr size_t kSmemBudget = 72 * 1024;  // per block: three blocks fit an H100 SM, two an A100's
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+}  // namespace detail
+}  // namespace cuda_kernels
+}  // namespace mixpath
