@@ -23,7 +23,7 @@ def extensions():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-march=native" if not _flag("MIXPATH_PORTABLE") else "-mavx2"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-march=native" if not _flag("MIXPATH_PORTABLE") else "-mavx2"]
     with_cuda = not _flag("MIXPATH_SKIP_CUDA") and (
         _flag("MIXPATH_FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None))
     if with_cuda:
