@@ -84,8 +84,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, pickle errors: all mean the file is unusable
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({detail[:160]}); "
+        # torch's own text for these is a paragraph about weights_only defaults: the type says enough
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (torch.load: {type(e).__name__}); "
                               "resume from an intact copy or start a fresh run") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixpath training checkpoint (no {FORMAT!r} format tag); "
