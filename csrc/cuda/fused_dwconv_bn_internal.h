@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "fused_dwconv_bn_kernels.h"
 
@@ -42,6 +43,24 @@ int resident_blocks(const void* kernel, int threads, size_t smem);
 cudaError_t allow_smem(const void* kernel, size_t smem);
 
 constexpr size_t kSmemBudget = 72 * 1024;  // per block: three blocks fit an H100 SM, two an A100's
+
+// Calls F<K, S>::run(args...) for the templated kernel size and stride; K = 1 runs as a
+// zero-padded 3 x 3 (fused_dwconv_bn.cu), so it never reaches a layout's launcher.
+template <template <int, int> class F, class... Args>
+cudaError_t dispatch_kernel_size(int K, int S, Args&&... args) {
+#define MIXPATH_CASE(k) \
+  case k:               \
+    return S == 1 ? F<k, 1>::run(std::forward<Args>(args)...) : F<k, 2>::run(std::forward<Args>(args)...);
+  switch (K) {
+    MIXPATH_CASE(3)
+    MIXPATH_CASE(5)
+    MIXPATH_CASE(7)
+    MIXPATH_CASE(9)
+    default:
+      return cudaErrorInvalidValue;
+  }
+#undef MIXPATH_CASE
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }

@@ -822,32 +822,16 @@ struct BackwardOp {
   static cudaError_t run(Args&&... args) { return backward_impl<K, S>(std::forward<Args>(args)...); }
 };
 
-template <template <int, int> class F, class... Args>
-cudaError_t dispatch(int K, int S, Args&&... args) {
-#define MIXPATH_CASE(k) \
-  case k:               \
-    return S == 1 ? F<k, 1>::run(std::forward<Args>(args)...) : F<k, 2>::run(std::forward<Args>(args)...);
-  switch (K) {  // K = 1 runs as a zero-padded 3 x 3 (fused_dwconv_bn.cu)
-    MIXPATH_CASE(3)
-    MIXPATH_CASE(5)
-    MIXPATH_CASE(7)
-    MIXPATH_CASE(9)
-    default:
-      return cudaErrorInvalidValue;
-  }
-#undef MIXPATH_CASE
-}
-
 }  // namespace
 
 cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
                          size_t* ws_floats) {
-  return dispatch<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats);
+  return dispatch_kernel_size<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats);
 }
 
 cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
-  return dispatch<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats, out_k);
+  return dispatch_kernel_size<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats, out_k);
 }
 
 }  // namespace detail
