@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 EXT_STAMP   := $(VENV)/.ext-built
-PYTEST_ARGS ?=
+# What `make test` runs; narrow it with e.g. `make test PYTEST_ARGS=tests/test_train.py`.
+PYTEST_ARGS ?= tests/ benchmarks/
 
 .PHONY: setup build train test bench report cuda-check clean
 
@@ -18,7 +19,11 @@ $(PY):
 # Never let pip resolve `torch` on its own: that pulls a multi-GB CUDA build.
 $(VENV)/.installed: $(PY) setup.py
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	$(PY) -c "import triton" 2>/dev/null || $(PIP) install "triton>=3.0"
+	@# Without a GPU, Triton serves only its interpreter tests (TRITON_INTERPRET=1 on CPU tensors).
+	@$(PY) -c "import triton" 2>/dev/null || { \
+	  $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null || \
+	    echo "no CUDA GPU here: installing Triton only for its interpreter tests (the triton backend needs a GPU)"; \
+	  $(PIP) install "triton>=3.0"; }
 	MIXPATH_SKIP_EXT=1 $(PIP) install --no-build-isolation -e ".[test]"
 	touch $@
 
@@ -34,11 +39,13 @@ build: $(EXT_STAMP)
 train: setup
 	$(PY) train.py --fused
 
+# The benchmarks' correctness checks run, each timed case once, without pytest-benchmark's tables.
 test: setup
-	$(PY) -m pytest tests/ benchmarks/ $(PYTEST_ARGS)
+	$(PY) -m pytest --benchmark-disable $(PYTEST_ARGS)
 
+# Times every case and prints the tables.
 bench: setup
-	$(PY) -m pytest benchmarks/ $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks/ --benchmark-enable
 
 report: setup
 	$(PY) -m benchmarks.report

@@ -2,7 +2,8 @@
 
 The CPU kernels are always built. The CUDA kernels are built when torch has
 CUDA and a toolkit is found, or when MIXPATH_FORCE_CUDA=1; MIXPATH_SKIP_CUDA=1
-skips them. MIXPATH_SKIP_EXT=1 skips the extension altogether (the `cpp` and
+skips them; MIXPATH_CUDA_ARCHS picks the GPU architectures (default
+"8.0;9.0"). MIXPATH_SKIP_EXT=1 skips the extension altogether (the `cpp` and
 `cuda` backends are then reported unavailable). Install with
 `pip install -e . --no-build-isolation` so the build sees the installed torch.
 """
@@ -14,6 +15,20 @@ from setuptools import find_packages, setup
 
 def _flag(name):
     return os.environ.get(name, "0") == "1"
+
+
+def _gencode(archs):
+    """nvcc -gencode flags for MIXPATH_CUDA_ARCHS ("8.0;9.0": A100 and H100; "9.0" alone halves nvcc's time)."""
+    flags = []
+    for arch in filter(None, (a.strip() for a in archs.replace(",", ";").split(";"))):
+        major, _, minor = arch.partition(".")
+        if not (major.isdigit() and (minor or "0").isdigit()):
+            raise ValueError(f"MIXPATH_CUDA_ARCHS={archs!r}: {arch!r} is not a compute capability; use e.g. '8.0;9.0'")
+        cc = major + (minor or "0")
+        flags.append(f"-gencode=arch=compute_{cc},code=sm_{cc}")
+    if not flags:
+        raise ValueError(f"MIXPATH_CUDA_ARCHS={archs!r} names no architecture; use e.g. '8.0;9.0'")
+    return flags
 
 
 def extensions():
@@ -28,8 +43,7 @@ def extensions():
         _flag("MIXPATH_FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None))
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math",
-                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math"] + _gencode(os.environ.get("MIXPATH_CUDA_ARCHS", "8.0;9.0"))
         ext = CUDAExtension("mixpath._C", sources, define_macros=[("MIXPATH_WITH_CUDA", None)],
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
     else:
@@ -62,5 +76,5 @@ setup(
         "triton": ["triton>=3.0"],
         "test": ["pytest>=7", "pytest-benchmark>=4"],
     },
-    entry_points={"console_scripts": ["mixpath-train=mixpath.cli:main"]},
+    entry_points={"console_scripts": ["mixpath=mixpath.cli:main", "mixpath-train=mixpath.cli.train:main"]},
 )

@@ -16,13 +16,21 @@ from typing import Callable
 
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "VERSION", "REQUIRED_KEYS", "atomic_write", "save_checkpoint",
-           "load_checkpoint", "config_differences"]
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "READABLE_VERSIONS", "REQUIRED_KEYS", "atomic_write",
+           "save_checkpoint", "load_checkpoint", "config_differences"]
 
 FORMAT = "mixpath-supernet-training"
-VERSION = 1
+# 2: one Parameter per Shadow BN row. Version 1 (rows stacked in one Parameter) still loads for
+# scoring and export (ShadowBatchNorm2d converts its state), but its optimizer state cannot continue.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_KEYS = ("format", "version", "epoch", "config", "model", "optimizer", "scheduler", "scaler", "sampler",
                  "torch_rng", "history")
+
+
+# Read once: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -38,6 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); results follow the user's umask
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -90,9 +99,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixpath training checkpoint (no {FORMAT!r} format tag); "
                               "pass the last.pt written by train.py")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format version {state.get('version')!r}; this mixpath "
-                              f"reads version {VERSION}: resume it with the mixpath that wrote it")
+                              f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: use the mixpath that "
+                              "wrote it")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing or not _plain(state["config"]) or not isinstance(state["epoch"], int) or state["epoch"] < 0:
         what = f"lacks {', '.join(missing)}" if missing else "has a malformed config or epoch"

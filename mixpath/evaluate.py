@@ -6,11 +6,12 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .calibrate import calibrate_bn
+from .calibrate import calibrate_bn, statistics_restored
 
 
 def accuracy(net: nn.Module, arch, batches: Iterable) -> float:
     """Top-1 accuracy of `arch` (None for a SubNet) over (input, target) batches, in eval mode."""
+    arch = net.check_arch(arch)
     was_training = net.training
     net.eval()
     correct = total = 0
@@ -25,10 +26,12 @@ def accuracy(net: nn.Module, arch, batches: Iterable) -> float:
 
 
 def score_arch(net: nn.Module, arch, calibration: Callable[[], Iterable], validation: Callable[[], Iterable]) -> float:
-    """Recalibrate the BN rows `arch` uses on training batches, then its validation accuracy.
+    """Validation accuracy of `arch` after recalibrating the BN rows it uses on training batches.
 
-    `calibration` and `validation` return fresh iterables of batches (each call
-    starts over), so many architectures can be scored in a row.
+    `net` is left exactly as it was: the recalibrated statistics live only while
+    scoring. `calibration` and `validation` return fresh iterables of batches
+    (each call starts over), so many architectures can be scored in a row.
     """
-    calibrate_bn(net, arch, calibration())
-    return accuracy(net, arch, validation())
+    with statistics_restored(net, arch) as arch:
+        calibrate_bn(net, arch, calibration())
+        return accuracy(net, arch, validation())

@@ -7,6 +7,7 @@ m depthwise kernels. An `Arch` is one choice per layer; its compact string is
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -127,8 +128,19 @@ class SearchSpace:
             layers.append(LayerChoice(t, tuple(sorted(rng.sample(self.kernel_sizes, j)))))
         return Arch(tuple(layers))
 
-    def check(self, arch: Arch) -> Arch:
-        """Return arch if it fits this space; ArchError naming the first problem otherwise."""
+    def check(self, arch: Arch | str) -> Arch:
+        """Return arch (an Arch, or parsed from its string) if it fits this space; ArchError naming the first problem.
+
+        Cached by (space, arch): it runs on every training step and every scored batch.
+        """
+        if not isinstance(arch, (Arch, str)):
+            raise ArchError(f"expected an Arch or its string 't:k,k|t:k|...'; got {type(arch).__name__}")
+        try:
+            return _checked(self, arch)
+        except TypeError:  # unhashable parts (e.g. kernels given as a list): check without the cache
+            return self._validate(arch)
+
+    def _validate(self, arch: Arch | str) -> Arch:
         if isinstance(arch, str):
             arch = Arch.parse(arch)
         if len(arch.layers) != len(self.layers):
@@ -212,6 +224,12 @@ class SearchSpace:
 
     def to_dict(self) -> dict:
         return {"name": self.name, **self.options}
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked(space: SearchSpace, arch: Arch | str) -> Arch:
+    # Bounded: training samples a fresh arch per step, while scoring and calibration revisit the same few.
+    return space._validate(arch)
 
 
 def _build(name, stem, stem_stride, plan, head, *, num_classes, input_size, max_paths, kernel_sizes, expansions,

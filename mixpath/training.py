@@ -1,6 +1,11 @@
-"""Supernet training with the release's recipe, per-epoch monitoring, checkpoints and final subnet scoring.
+"""Supernet training and stand-alone retraining: the release's recipe, monitoring, checkpoints, final scores.
 
-`train(config)` runs one job and returns its summary dict. `TrainConfig` fields
+`train(config)` trains a supernet (one sampled architecture per step) and
+scores subnets at the end; `retrain(config)` trains one architecture
+(`config.arch`) from scratch, with nothing shared or sampled, and reports its
+validation and test accuracy: the ground truth that ranking needs. Both run
+the same loop, checkpoints, resume and progress machinery and return the
+summary dict they write to summary.json. `TrainConfig` fields
 left None are unset: a fresh run takes them from DEFAULTS and the dataset's
 DATASET_DEFAULTS, a resumed run (`resume=PATH`) from the checkpoint's config.
 Settings in IDENTITY_KEYS decide what the run computes; a resumed run refuses
@@ -12,6 +17,9 @@ another backend, device or AMP mode continues the same run with other rounding.
 
 Every check that can fail (options, device, backend, data, architectures,
 checkpoint, output folder) runs before anything is written.
+
+Data: monitoring and BN recalibration use the train and validation splits
+only; the test split is read by `retrain` alone, once, for its final test_acc.
 """
 from __future__ import annotations
 
@@ -19,10 +27,12 @@ import itertools
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -32,16 +42,18 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_write, config_differences, load_checkpoint, save_checkpoint
 from .data import Splits, batches, describe, load_data, num_batches
-from .evaluate import score_arch
-from .nn import LAYOUTS, SuperNet
+from .evaluate import accuracy, score_arch
+from .nn import LAYOUTS, SuperNet, standalone
 from .ops import backend_status, default_backend
 from .ops.registry import AUTO_ORDER
+from .outdir import OutputFolder
 from .space import SPACES, Arch, ArchError, SearchSpace, get_space
 
-__all__ = ["TrainConfig", "ConfigError", "TrainingError", "DEFAULTS", "DATASET_DEFAULTS", "IDENTITY_KEYS",
-           "DATASETS", "train", "resolve"]
+__all__ = ["TrainConfig", "ConfigError", "TrainingError", "Terminated", "DEFAULTS", "DATASET_DEFAULTS",
+           "IDENTITY_KEYS", "DATASETS", "train", "retrain", "resolve", "build_space", "load_splits",
+           "split_batches"]
 
-DATASETS = ("digits", "cifar10", "folder")
+DATASETS = ("digits", "cluttered-digits", "cifar10", "folder")
 AMP_MODES = ("none", "bf16", "fp16")
 CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME = "last.pt", "metrics.jsonl", "summary.json"
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME)
@@ -55,6 +67,10 @@ class TrainingError(RuntimeError):
     """Training itself failed (e.g. the loss diverged); the last checkpoint is left as it was."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what job schedulers send) arrived: the job ends as after Ctrl-C."""
+
+
 @dataclass
 class TrainConfig:
     """Options of one training job; None means unset (see the module docstring)."""
@@ -62,6 +78,7 @@ class TrainConfig:
     # data
     data: str | None = None
     data_dir: str | None = None
+    val_size: int | None = None
     image_size: int | None = None
     augment: bool | None = None
     # search space and supernet
@@ -72,6 +89,8 @@ class TrainConfig:
     width_mult: float | None = None
     layout: str | None = None
     shadow_bn: bool | None = None
+    # stand-alone retraining: this architecture alone, from scratch (None: train the supernet)
+    arch: str | None = None
     # optimisation (the release's recipe)
     epochs: int | None = None
     batch_size: int | None = None
@@ -96,6 +115,7 @@ class TrainConfig:
     out: str | None = None
     resume: str | None = None
     stop_after: int | None = None
+    force: bool | None = None
 
 
 # The release's S1 recipe (MIXPATH.md) and the switches' defaults.
@@ -109,15 +129,21 @@ DEFAULTS = dict(data="digits", max_paths=4, kernels=[3, 5, 7, 9], expansions=[3,
 # too small to split across cores, and idle OpenMP threads spin against other processes: one thread.
 DATASET_DEFAULTS = {
     "digits": dict(space="tiny", epochs=12, batch_size=32, lr=0.05, augment=False, threads=1),
+    # digits among fragments of other digits on a 32 px canvas (mixpath.data.clutter): kernel size and width
+    # matter there. No augmentation: a flip changes a digit and the position is already random.
+    "cluttered-digits": dict(space="tiny", epochs=20, batch_size=64, lr=0.05, augment=False),
     "cifar10": dict(space="cifar", epochs=200, batch_size=96, lr=0.025, augment=True),
     "folder": dict(space="imagenet", epochs=200, batch_size=96, lr=0.025, augment=True),
 }
 
 # What the run computes: a checkpoint continues only under these same values.
-IDENTITY_KEYS = ("data", "image_size", "augment", "space", "max_paths", "kernels", "expansions", "width_mult",
-                 "layout", "shadow_bn", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "seed")
+IDENTITY_KEYS = ("data", "val_size", "image_size", "augment", "space", "max_paths", "kernels", "expansions",
+                 "width_mult", "layout", "shadow_bn", "arch", "epochs", "batch_size", "lr", "momentum",
+                 "weight_decay", "grad_clip", "seed")
 # Per invocation: never inherited from a checkpoint.
-JOB_KEYS = ("out", "resume", "stop_after")
+JOB_KEYS = ("out", "resume", "stop_after", "force")
+# Where a resumed run continues with other rounding than an uninterrupted one would.
+ROUNDING_KEYS = ("device", "backend", "fused", "amp", "threads", "channels_last")
 
 FLAGS = {"shadow_bn": "--shadow-bn/--no-shadow-bn", "augment": "--augment/--no-augment",
          "channels_last": "--channels-last"}
@@ -139,10 +165,15 @@ class _Plan:
     backend_note: str
     splits: Splits
     space: SearchSpace
-    eval_archs: list[Arch]
-    monitor_arch: Arch
+    eval_archs: list[Arch]  # the supernet's final scoring; empty when retraining
+    monitor_arch: Arch  # scored every epoch (the retrained arch itself when retraining)
     out: Path | None  # None: a new runs/<timestamp> folder
     checkpoint: dict | None = None
+    notes: list[str] = field(default_factory=list)  # said in the log before training starts
+
+    @property
+    def retraining(self) -> bool:
+        return self.config.arch is not None
 
 
 def _as_options(config: TrainConfig | Mapping | None) -> dict:
@@ -188,10 +219,11 @@ def _check_ranges(c: TrainConfig) -> None:
     need(c.image_size is None or c.image_size >= 4, "image_size", "use at least 4 pixels")
     need(c.eval_archs >= 0, "eval_archs", "evaluate 0 or more sampled subnets")
     need(c.calib_batches >= 1, "calib_batches", "BN recalibration needs at least 1 batch")
+    need(c.val_size is None or c.val_size >= 1, "val_size", "hold out at least 1 validation image")
     need(c.stop_after is None or c.stop_after >= 1, "stop_after", "stop after at least 1 epoch")
     need(c.threads is None or c.threads >= 1, "threads", "use at least 1 thread")
     need(c.workers is None or c.workers >= 0, "workers", "use 0 or more data loader workers")
-    if c.eval_archs + len(c.eval_arch) == 0:
+    if c.arch is None and c.eval_archs + len(c.eval_arch) == 0:
         raise ConfigError("nothing to evaluate at the end: pass --eval-archs N >= 1 or --eval-arch STR")
     if c.fused and c.backend is not None:
         raise ConfigError(f"--fused and --backend {c.backend} both choose the backend: pass one of them")
@@ -243,14 +275,49 @@ def _check_out(c: TrainConfig, checkpoint: dict | None) -> Path | None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
     own = checkpoint is not None and out.resolve() == Path(checkpoint["path"]).parent.resolve()
-    if not own and out.is_dir():
+    if not own and not c.force and out.is_dir():
         held = [name for name in RUN_FILES if (out / name).exists()]
         if held:
             hint = f"continue it with --resume {out / CHECKPOINT_NAME}" if CHECKPOINT_NAME in held else \
-                "remove them"
+                "pass --force to replace it"
             raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); {hint}, "
                               "or choose another --out")
     return out
+
+
+def build_space(c: TrainConfig, splits: Splits) -> SearchSpace:
+    """The search space `c` names, sized for the data; ConfigError if it cannot be built."""
+    try:
+        return get_space(c.space, max_paths=c.max_paths, kernel_sizes=tuple(c.kernels),
+                         expansions=tuple(c.expansions), width_mult=c.width_mult,
+                         num_classes=splits.num_classes, input_size=splits.image_size)
+    except ValueError as e:
+        raise ConfigError(f"cannot build the {c.space} space: {e}") from None
+
+
+def load_splits(c: TrainConfig) -> Splits:
+    """The train/val/test splits `c` names (the same images every time for the same options)."""
+    return load_data(c.data, c.data_dir, image_size=c.image_size, val_size=c.val_size, workers=c.workers)
+
+
+def split_batches(splits: Splits, *, batch_size: int, calib_batches: int, seed: int, device,
+                  channels_last: bool = False, workers: int | None = None):
+    """(calibration, validation): factories of fresh batch iterables for `score_arch`.
+
+    Calibration: the first `calib_batches` un-augmented training batches of a
+    fixed shuffle (their statistics should match what validation feeds the BNs).
+    Validation: the whole validation split. Neither ever reads the test split.
+    """
+    common = dict(epoch=0, seed=seed, device=device, channels_last=channels_last, workers=workers)
+
+    def calibration():
+        return itertools.islice(batches(splits.train, batch_size, train=True, augment=False, **common),
+                                calib_batches)
+
+    def validation():
+        return batches(splits.val, max(batch_size, 256), train=False, **common)
+
+    return calibration, validation
 
 
 def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
@@ -288,44 +355,54 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
     backend, note = _choose_backend(c, device)
     if c.amp != "none" and not torch.amp.is_autocast_available(device.type):
         raise ConfigError(f"--amp {c.amp}: torch has no autocast for {device.type}; drop --amp")
+    notes = []
+    if checkpoint is not None:
+        saved = checkpoint["config"]
+        changed = [k for k in ROUNDING_KEYS if k in given and saved.get(k) != given[k]]
+        if changed:
+            notes.append("resuming with " + ", ".join(f"{flag(k)} {given[k]!r} (was {saved.get(k)!r})"
+                                                      for k in changed)
+                         + ": the run continues with other rounding (summation order), so it will not be "
+                         "bit-identical to an uninterrupted one")
 
-    splits = load_data(c.data, c.data_dir, image_size=c.image_size)
+    splits = load_splits(c)
     c.image_size = splits.image_size
     if num_batches(splits.train, c.batch_size, train=True) == 0:
         raise ConfigError(f"--batch-size {c.batch_size} exceeds the {len(splits.train)} training images: "
                           "lower it")
-    try:
-        space = get_space(c.space, max_paths=c.max_paths, kernel_sizes=tuple(c.kernels),
-                          expansions=tuple(c.expansions), width_mult=c.width_mult,
-                          num_classes=splits.num_classes, input_size=splits.image_size)
-    except ValueError as e:
-        raise ConfigError(f"cannot build the {c.space} space: {e}") from None
+    space = build_space(c, splits)
     archs = []
     for text in c.eval_arch:
         try:
             archs.append(space.parse(text))
         except ArchError as e:
             raise ArchError(f"--eval-arch {text!r} does not fit the {c.space} space: {e}") from None
-    # The monitored arch is the first draw of the evaluation stream, so it is also the first sampled eval arch.
-    eval_rng = random.Random(f"mixpath-eval-{c.seed}")
-    sampled = [space.sample(eval_rng) for _ in range(max(1, c.eval_archs))]
-    archs += sampled[:c.eval_archs]
+    if c.arch is not None:
+        try:
+            monitor = space.parse(c.arch)
+        except ArchError as e:
+            raise ArchError(f"architecture {c.arch!r} does not fit the {c.space} space: {e}") from None
+        c.arch, archs = str(monitor), []
+    else:
+        # The monitored arch is the first draw of the evaluation stream, so also the first sampled eval arch.
+        eval_rng = random.Random(f"mixpath-eval-{c.seed}")
+        sampled = [space.sample(eval_rng) for _ in range(max(1, c.eval_archs))]
+        archs += sampled[:c.eval_archs]
+        monitor = sampled[0]
 
     out = _check_out(c, checkpoint)
-    return _Plan(c, device, backend, note, splits, space, archs, sampled[0], out, checkpoint)
+    return _Plan(c, device, backend, note, splits, space, archs, monitor, out, checkpoint, notes)
 
 
 # ---------------------------------------------------------------- the run
 
 def _new_run_dir() -> Path:
+    """A free runs/<timestamp> name; OutputFolder creates it (and removes it if the run writes nothing)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in itertools.count():
         out = Path("runs") / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            out.mkdir(parents=True)
+        if not out.exists():
             return out
-        except FileExistsError:
-            continue
 
 
 def _write_json(path: Path, obj) -> None:
@@ -342,7 +419,10 @@ class _Run:
         self.plan, self.c = plan, plan.config
         c, device = self.c, plan.device
         torch.manual_seed(c.seed)
-        self.model = SuperNet(plan.space, layout=c.layout, shadow_bn=c.shadow_bn).to(device)
+        if plan.retraining:
+            self.model = standalone(plan.space, plan.monitor_arch, layout=c.layout).to(device)
+        else:
+            self.model = SuperNet(plan.space, layout=c.layout, shadow_bn=c.shadow_bn).to(device)
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.set_backend(plan.backend)
@@ -373,6 +453,10 @@ class _Run:
         return state
 
     def _restore(self, ckpt: dict) -> None:
+        if ckpt["version"] < 2:
+            raise CheckpointError(f"checkpoint {ckpt['path']} was written by an older mixpath (Shadow BN rows in "
+                                  "one parameter); its optimizer state cannot continue here: search, rank or "
+                                  "export it, or start a fresh run")
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -392,24 +476,30 @@ class _Run:
         self.epoch, self.history = ckpt["epoch"], list(ckpt["history"])
 
     # -- evaluation
+    def _batches(self, split) -> Callable:
+        c = self.c
+        return lambda: batches(split, max(c.batch_size, 256), train=False, epoch=0, seed=c.seed,
+                               device=self.plan.device, channels_last=c.channels_last, workers=c.workers)
+
     def score(self, arch: Arch) -> float:
-        """Validation accuracy of a stand-alone copy of `arch` after BN recalibration; the supernet is untouched."""
-        c, splits, device = self.c, self.plan.splits, self.plan.device
-        sub = self.model.subnet(arch)
-        if c.channels_last:
-            sub = sub.to(memory_format=torch.channels_last)
-        common = dict(epoch=0, seed=c.seed, device=device, channels_last=c.channels_last, workers=c.workers)
+        """Validation accuracy of `arch` after BN recalibration on training batches; the supernet is untouched.
 
-        def calibration():
-            # Un-augmented training images: the statistics should match what validation feeds the BNs.
-            return itertools.islice(batches(splits.train, c.batch_size, train=True, augment=False, **common),
-                                    c.calib_batches)
-
-        def validation():
-            return batches(splits.val, max(c.batch_size, 256), train=False, **common)
-
+        When retraining, the network's own accuracy on the validation split (its BNs are its own).
+        """
+        c = self.c
         with self.autocast():
-            return score_arch(sub, None, calibration, validation)
+            if self.plan.retraining:
+                return accuracy(self.model, None, self._batches(self.plan.splits.val)())
+            calibration, validation = split_batches(self.plan.splits, batch_size=c.batch_size,
+                                                    calib_batches=c.calib_batches, seed=c.seed,
+                                                    device=self.plan.device, channels_last=c.channels_last,
+                                                    workers=c.workers)
+            return score_arch(self.model, arch, calibration, validation)
+
+    def test_accuracy(self) -> float:
+        """Accuracy on the test split: read once, at the end of a retraining, for reporting only."""
+        with self.autocast():
+            return accuracy(self.model, None, self._batches(self.plan.splits.test)())
 
     # -- training
     def train_epoch(self) -> dict:
@@ -429,7 +519,7 @@ class _Run:
         bar = tqdm(data, total=len(data), desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=None, dynamic_ncols=True, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            arch = plan.space.sample(self.sampler)
+            arch = None if plan.retraining else plan.space.sample(self.sampler)
             with self.autocast():
                 logits = model(x, arch)
                 loss = F.cross_entropy(logits, y)
@@ -467,17 +557,61 @@ class _Run:
 
 
 def _describe_config(c: TrainConfig) -> str:
-    return (f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}; SGD lr {c.lr} momentum "
-            f"{c.momentum} wd {c.weight_decay}, cosine over {c.epochs} epochs, batch {c.batch_size}, clip "
-            f"{c.grad_clip or 'off'}, seed {c.seed}, augment {'on' if c.augment else 'off'}"
-            + (f", amp {c.amp}" if c.amp != "none" else ""))
+    what = (f"stand-alone {c.arch} ({c.layout} layout), from scratch" if c.arch is not None else
+            f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}")
+    return (f"{what}; SGD lr {c.lr} momentum {c.momentum} wd {c.weight_decay}, cosine over {c.epochs} epochs, "
+            f"batch {c.batch_size}, clip {c.grad_clip or 'off'}, seed {c.seed}, augment "
+            f"{'on' if c.augment else 'off'}" + (f", amp {c.amp}" if c.amp != "none" else ""))
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` in the main thread, so a scheduler's kill ends the job as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _supernet_summary(plan: _Plan, run: _Run, log) -> dict:
+    c = plan.config
+    results = []
+    for arch in tqdm(plan.eval_archs, desc="evaluating subnets", leave=False, disable=None, file=sys.stderr):
+        results.append({"arch": str(arch), "val_acc": run.score(arch), "flops": plan.space.flops(arch),
+                        "params": plan.space.params(arch, c.layout)})
+    accs = [r["val_acc"] for r in results]
+    summary = {"val_acc": sum(accs) / len(accs), "val_acc_per_arch": {r["arch"]: r["val_acc"] for r in results},
+               "val_acc_min": min(accs), "val_acc_max": max(accs), "archs": results, "shadow_bn": c.shadow_bn,
+               "calib_batches": c.calib_batches}
+    log(f"val_acc {summary['val_acc']:.4f} (mean of {len(accs)} subnets, BN recalibrated; "
+        f"min {summary['val_acc_min']:.4f}, max {summary['val_acc_max']:.4f})")
+    return summary
+
+
+def _retrain_summary(plan: _Plan, run: _Run, log) -> dict:
+    arch, c = plan.monitor_arch, plan.config
+    summary = {"arch": str(arch), "val_acc": run.score(arch), "test_acc": run.test_accuracy(),
+               "flops": plan.space.flops(arch), "params": plan.space.params(arch, c.layout), "seed": c.seed}
+    log(f"{arch}: val_acc {summary['val_acc']:.4f}, test_acc {summary['test_acc']:.4f} (stand-alone, "
+        f"{summary['flops'] / 1e6:.2f} MFLOPs, {summary['params'] / 1e6:.3f} M params)")
+    return summary
 
 
 def train(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], None] = print) -> dict:
     """Train (or continue) a supernet and score subnets; returns the summary (also written to summary.json).
 
+    With `config.arch` set, retrains that architecture alone instead (see `retrain`).
     With `stop_after`, returns {"stopped": True, ...} after that many epochs, leaving last.pt to resume from.
-    Raises ConfigError, DataError, ArchError or CheckpointError (before writing anything) or TrainingError.
+    Raises ConfigError, DataError, ArchError, CheckpointError or OutputError (before writing anything),
+    TrainingError, or `Terminated` / KeyboardInterrupt (after saying what is left to resume).
     """
     wall = time.perf_counter()
     plan = resolve(config)
@@ -486,72 +620,91 @@ def train(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], N
     if c.threads is not None:
         torch.set_num_threads(c.threads)
     try:
-        run = _Run(plan)
-        out = plan.out or _new_run_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        c.out = str(out)
-        ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
-        log(describe(plan.splits))
-        log(plan.space.describe())
-        log(_describe_config(c))
-        log(f"device {plan.device}, {plan.backend_note}"
-            + ("; the official layout has no fused op, so the backend is unused" if c.layout == "official" else "")
-            + f"; writing {out}")
-        if plan.checkpoint is not None:
-            log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
-            _write_metrics(metrics_path, run.history)
-        ran = 0
-        while run.epoch < c.epochs:
-            if c.stop_after is not None and ran == c.stop_after:
-                log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
-                    f"--resume {ckpt_path}")
-                return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs, "checkpoint": str(ckpt_path),
-                        "history": run.history}
-            try:
-                r = run.train_epoch()
-            except KeyboardInterrupt:
-                print(f"interrupted in epoch {run.epoch + 1}; the last completed epoch is in {ckpt_path}: "
-                      f"continue with --resume {ckpt_path}", file=sys.stderr)
-                raise
-            save_checkpoint(ckpt_path, run._state())
-            _write_metrics(metrics_path, run.history)
-            ran += 1
-            log(f"epoch {r['epoch']}/{c.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
-                f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['seconds']:.1f}s")
-
-        start = time.perf_counter()
-        results = []
-        for arch in tqdm(plan.eval_archs, desc="evaluating subnets", leave=False, disable=None, file=sys.stderr):
-            results.append({"arch": str(arch), "val_acc": run.score(arch), "flops": plan.space.flops(arch),
-                            "params": plan.space.params(arch, c.layout)})
-        accs = [r["val_acc"] for r in results]
-        last = run.history[-1] if run.history else {}
-        summary = {
-            "val_acc": sum(accs) / len(accs),
-            "val_acc_per_arch": {r["arch"]: r["val_acc"] for r in results},
-            "val_acc_min": min(accs),
-            "val_acc_max": max(accs),
-            "archs": results,
-            "epochs": run.epoch,
-            "seconds": round(time.perf_counter() - wall, 3),
-            "train_seconds": round(sum(r["seconds"] for r in run.history), 3),
-            "eval_seconds": round(time.perf_counter() - start, 3),
-            "train_loss": last.get("train_loss"),
-            "train_acc": last.get("train_acc"),
-            "backend": plan.backend,
-            "device": str(plan.device),
-            "layout": c.layout,
-            "shadow_bn": c.shadow_bn,
-            "space": plan.space.to_dict(),
-            "data": c.data,
-            "calib_batches": c.calib_batches,
-            "checkpoint": str(ckpt_path),
-            "config": _json_ready(asdict(c)),
-        }
-        _write_json(out / SUMMARY_NAME, summary)
-        log(f"val_acc {summary['val_acc']:.4f} (mean of {len(accs)} subnets, BN recalibrated; "
-            f"min {summary['val_acc_min']:.4f}, max {summary['val_acc_max']:.4f}) after {run.epoch} epochs, "
-            f"{summary['seconds']:.1f}s, {plan.backend} on {plan.device}: {out / SUMMARY_NAME}")
-        return summary
+        with OutputFolder(plan.out or _new_run_dir()) as folder, _sigterm_as_interrupt():
+            return _train(plan, folder, wall, log)
     finally:
         torch.set_num_threads(threads)
+
+
+def _train(plan: _Plan, folder: OutputFolder, wall: float, log) -> dict:
+    c = plan.config
+    out = folder.path
+    c.out = str(out)
+    ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+    run = _Run(plan)
+    if c.force and plan.checkpoint is None:
+        for name in RUN_FILES:  # --force: the old run's files go before the new run writes its own
+            (out / name).unlink(missing_ok=True)
+    log(describe(plan.splits))
+    log(plan.space.describe())
+    log(_describe_config(c))
+    log(f"device {plan.device}, {plan.backend_note}"
+        + ("; the official layout has no fused op, so the backend is unused" if c.layout == "official" else "")
+        + f"; writing {out}")
+    for note in plan.notes:
+        log(f"note: {note}")
+    if plan.checkpoint is not None:
+        log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
+        _write_metrics(metrics_path, run.history)
+    ran = 0
+    while run.epoch < c.epochs:
+        if c.stop_after is not None and ran == c.stop_after:
+            log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
+                f"--resume {ckpt_path}")
+            return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs, "checkpoint": str(ckpt_path),
+                    "history": run.history}
+        try:
+            r = run.train_epoch()
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            if ckpt_path.exists():
+                where = (f"epoch {run.epoch}/{c.epochs} is saved in {ckpt_path}: continue with --resume "
+                         f"{ckpt_path}")
+            else:
+                where = "no epoch had finished, so there is nothing to resume: start the run again"
+            print(f"{what} in epoch {run.epoch + 1}; {where}", file=sys.stderr)
+            raise
+        save_checkpoint(ckpt_path, run._state())
+        _write_metrics(metrics_path, run.history)
+        ran += 1
+        log(f"epoch {r['epoch']}/{c.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
+            f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['seconds']:.1f}s")
+
+    start = time.perf_counter()
+    scores = (_retrain_summary if plan.retraining else _supernet_summary)(plan, run, log)
+    last = run.history[-1] if run.history else {}
+    summary = {
+        **scores,
+        "epochs": run.epoch,
+        "seconds": round(time.perf_counter() - wall, 3),
+        "train_seconds": round(sum(r["seconds"] for r in run.history), 3),
+        "eval_seconds": round(time.perf_counter() - start, 3),
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "backend": plan.backend,
+        "device": str(plan.device),
+        "layout": c.layout,
+        "space": plan.space.to_dict(),
+        "data": c.data,
+        "checkpoint": str(ckpt_path),
+        "config": _json_ready(asdict(c)),
+    }
+    # A finished run's result is never replaced: evaluating it again writes summary.2.json, ...
+    name = folder.free_name(SUMMARY_NAME)
+    _write_json(out / name, summary)
+    log(f"done after {run.epoch} epochs, {summary['seconds']:.1f}s, {plan.backend} on {plan.device}: {out / name}"
+        + (f" ({SUMMARY_NAME} holds the earlier evaluation)" if name != SUMMARY_NAME else ""))
+    return summary
+
+
+def retrain(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], None] = print) -> dict:
+    """Train `config.arch` stand-alone from scratch (fresh release initialisation, no weight sharing or sampling).
+
+    Same data, device, backend, AMP, checkpoints, resume and progress as `train`; the summary holds `arch`,
+    `val_acc` (the validation split, what ranking compares against), `test_acc` (the test split, read only
+    here, for reporting), `flops`, `params`, `epochs`, `seconds` and `seed`.
+    """
+    options = _as_options(config)
+    if "arch" not in options and "resume" not in options:
+        raise ConfigError("retrain needs the architecture to train: pass arch='t:k,k|...' (or resume=RUN)")
+    return train(options, log=log)

@@ -5,8 +5,8 @@ Augmentation tests give each image a unique label, so a batch's labels say
 which source image every augmented sample came from.
 """
 import itertools
+import os
 import pickle
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mixpath.data import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, DataError, FolderImageSet, TensorImageSet, batches,
-                          describe, load_data, num_batches)
+from mixpath.data import (IMAGENET_MEAN, DataError, FolderImageSet, TensorImageSet, batches, describe, load_data,
+                          num_batches)
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 
@@ -49,36 +49,52 @@ def collect(it):
 
 # ---------------------------------------------------------------- digits
 
-def test_digits_counts_shapes_and_stratified_split(digits):
+def source_ids(part):
+    return set(part.indices.tolist())
+
+
+def test_digits_three_disjoint_stratified_splits_normalised_by_train(digits):
     assert (digits.num_classes, digits.image_size, digits.in_channels) == (10, 16, 3)
-    assert len(digits.train) + len(digits.val) == 1797
-    assert len(digits.val) == 360  # ceil(0.2 * 1797)
-    for part in (digits.train, digits.val):
+    assert [len(p) for p in (digits.train, digits.val, digits.test)] == [1077, 360, 360]
+    ids = [source_ids(p) for p in (digits.train, digits.val, digits.test)]
+    assert sum(map(len, ids)) == 1797 and set.union(*ids) == set(range(1797))  # disjoint and complete
+    target = load_digits().target
+    for part in (digits.train, digits.val, digits.test):
+        assert torch.equal(part.labels, torch.from_numpy(target[part.indices.numpy()]))
         assert part.images.dtype == torch.uint8 and part.images.shape[1:] == (3, 16, 16)
         assert torch.equal(part.images[:, 0], part.images[:, 1]) and torch.equal(part.images[:, 0], part.images[:, 2])
-        counts = torch.bincount(part.labels, minlength=10)
-        assert counts.min() > 0
-        assert torch.allclose(counts / len(part), torch.full((10,), 0.1), atol=0.02)  # stratified
+        assert torch.allclose(torch.bincount(part.labels, minlength=10) / len(part), torch.full((10,), 0.1),
+                              atol=0.01)  # stratified
     train_px = digits.train.images[:, 0].double() / 255
     assert digits.mean == pytest.approx((train_px.mean().item(),) * 3)
-    assert digits.std == pytest.approx((train_px.std().item(),) * 3)
+    assert digits.std == pytest.approx((train_px.std(unbiased=False).item(),) * 3)
+    assert digits.val.mean == digits.test.mean == digits.mean
 
 
-def test_digits_at_native_size_keeps_the_pixels_and_the_split_follows_the_seed():
+def test_digits_at_native_size_keep_the_pixels_and_the_split_follows_the_seed():
     a = load_data("digits", image_size=8, seed=3)
     expected = load_digits()
-    scaled = np.rint(expected.images * 255 / 16).astype(np.uint8).reshape(len(expected.images), -1)
-    rows = lambda s: [(bytes(img[0].flatten().numpy()), int(lab)) for img, lab in zip(s.images, s.labels)]  # noqa: E731
-    assert Counter(rows(a.train) + rows(a.val)) == Counter(
-        (bytes(r), int(lab)) for r, lab in zip(scaled, expected.target))
+    scaled = np.rint(expected.images * 255 / 16).astype(np.uint8)
+    for part in (a.train, a.val, a.test):
+        assert np.array_equal(part.images[:, 0].numpy(), scaled[part.indices.numpy()])
     b, c = load_data("digits", image_size=8, seed=3), load_data("digits", image_size=8, seed=4)
-    assert torch.equal(a.val.images, b.val.images)
-    assert not torch.equal(a.val.images, c.val.images)
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(a, name).indices, getattr(b, name).indices)
+    assert not torch.equal(a.val.indices, c.val.indices) and not torch.equal(a.test.indices, c.test.indices)
+
+
+def test_digits_val_size_count_or_fraction_of_what_test_leaves():
+    assert len(load_data("digits", image_size=8, val_size=100).val) == 100
+    fraction = load_data("digits", image_size=8, val_size=0.25)
+    assert (len(fraction.train), len(fraction.val), len(fraction.test)) == (1077, 360, 360)  # ceil(0.25 * 1437)
+    for bad in (0, 1437, 1.0, -0.5, "10", True):
+        with pytest.raises(DataError, match="val_size"):
+            load_data("digits", image_size=8, val_size=bad)
 
 
 def test_describe_is_one_line(digits):
     line = describe(digits)
-    assert "\n" not in line and "digits" in line and "1437 train / 360 val" in line and "3x16x16" in line
+    assert "\n" not in line and "digits" in line and "1077 train / 360 val / 360 test" in line and "3x16x16" in line
 
 
 # ---------------------------------------------------------------- batches
@@ -98,7 +114,7 @@ def test_val_batches_are_the_images_in_order_with_the_last_partial_batch(digits)
 def test_train_batches_depend_on_seed_and_epoch_only(digits):
     def run(epoch, seed):
         it = batches(digits.train, 256, train=True, epoch=epoch, seed=seed, device="cpu")
-        assert len(it) == 5  # 1437 // 256: the partial batch is dropped
+        assert len(it) == 4  # 1077 // 256: the partial batch is dropped
         return collect(itertools.islice(it, 2))
 
     x1, y1 = run(2, 7)
@@ -193,13 +209,14 @@ def test_channels_last_and_batch_checks(digits):
 
 # ---------------------------------------------------------------- CIFAR-10
 
-def write_cifar(root, rows=3, seed=0):
+def write_cifar(root, rows=20, seed=0):
+    """Fake batches: `rows` images each, every class equally often (so val can be stratified)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, rows).tolist(), b"batch_label": name.encode()}
+                 b"labels": rng.permutation(np.arange(rows) % 10).tolist(), b"batch_label": name.encode()}
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
         written[name] = batch
@@ -207,22 +224,44 @@ def write_cifar(root, rows=3, seed=0):
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_cifar10_loads_pixels_and_labels(tmp_path, nested):
+def test_cifar10_val_is_held_out_of_the_training_batches_and_test_is_test_batch(tmp_path, nested):
     folder = tmp_path / "cifar-10-batches-py" if nested else tmp_path
     written = write_cifar(folder)
-    splits = load_data("cifar10", str(tmp_path))
-    assert (len(splits.train), len(splits.val), splits.num_classes, splits.image_size) == (15, 3, 10, 32)
-    assert splits.mean == CIFAR10_MEAN and splits.std == CIFAR10_STD
-    train_rows = np.concatenate([written[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
-    train_labels = sum((written[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
-    assert splits.train.labels.tolist() == train_labels
-    assert splits.val.labels.tolist() == written["test_batch"][b"labels"]
-    # A row is the R, G and B planes, each 32x32 row-major.
-    assert np.array_equal(splits.train.images[4, 0].numpy().ravel(), train_rows[4, :1024])
-    assert np.array_equal(splits.train.images[4, 2, 1].numpy(), train_rows[4, 2048 + 32:2048 + 64])
-    assert np.array_equal(splits.val.images.numpy().reshape(3, -1), written["test_batch"][b"data"])
+    splits = load_data("cifar10", str(tmp_path), val_size=20, seed=1)
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.num_classes, splits.image_size) == (
+        80, 20, 20, 10, 32)
+    rows = np.concatenate([written[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    labels = np.array(sum((written[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), []))
+    train, val = splits.train.indices.numpy(), splits.val.indices.numpy()
+    assert not set(train) & set(val) and sorted([*train, *val]) == list(range(100))
+    assert torch.bincount(splits.val.labels, minlength=10).tolist() == [2] * 10  # stratified
+    for part, idx in ((splits.train, train), (splits.val, val)):
+        # A row is the R, G and B planes, each 32x32 row-major.
+        assert np.array_equal(part.images.numpy().reshape(len(idx), -1), rows[idx])
+        assert part.labels.tolist() == labels[idx].tolist()
+    assert np.array_equal(splits.test.images.numpy().reshape(20, -1), written["test_batch"][b"data"])
+    assert splits.test.labels.tolist() == written["test_batch"][b"labels"]
+    train_px = rows[train].reshape(-1, 3, 1024) / 255
+    assert splits.mean == pytest.approx(tuple(train_px.mean((0, 2))), abs=1e-9)  # from train only
+    assert splits.std == pytest.approx(tuple(train_px.std((0, 2))), abs=1e-9)
+    assert splits.test.mean == splits.val.mean == splits.mean
+    again, other = (load_data("cifar10", str(tmp_path), val_size=20, seed=s) for s in (1, 2))
+    assert torch.equal(again.val.indices, splits.val.indices) and not torch.equal(other.val.indices, splits.val.indices)
     with pytest.raises(DataError, match="32x32"):
         load_data("cifar10", str(tmp_path), image_size=16)
+    with pytest.raises(DataError, match=r"val_size=5000 must hold out between 1 and 99 of the 100 images"):
+        load_data("cifar10", str(tmp_path))  # the default 5,000 needs the real 50,000
+
+
+@pytest.mark.parametrize("name,index,value", [("data_batch_3", 7, 10), ("test_batch", 0, -1)])
+def test_cifar10_label_out_of_range_names_value_index_and_file(tmp_path, name, index, value):
+    write_cifar(tmp_path)
+    batch = pickle.loads((tmp_path / name).read_bytes())
+    batch[b"labels"][index] = value
+    (tmp_path / name).write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=rf"{name}: label {value} at index {index} is not a class 0..9") as e:
+        load_data("cifar10", str(tmp_path), val_size=20)
+    assert "\n" not in str(e.value)
 
 
 def corrupt(path, how):
@@ -248,7 +287,7 @@ def corrupt(path, how):
 
 @pytest.mark.parametrize("how,message", [
     ("truncated", "cannot be unpickled"), ("code", "refusing to load posix.system"), ("keys", "lacks keys"),
-    ("shape", r"shape \(N, 3072\), got uint8 \(3, 3000\)"), ("dtype", "got float32"), ("labels", "3 integers"),
+    ("shape", r"shape \(N, 3072\), got uint8 \(20, 3000\)"), ("dtype", "got float32"), ("labels", "20 integers"),
     ("list", "found list")])
 def test_cifar10_malformed_batch_is_named(tmp_path, how, message):
     write_cifar(tmp_path)
@@ -283,27 +322,51 @@ def write_folder(root, splits=("train", "val"), per_class=3):
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
 
 
-def test_folder_loads_classes_and_images(tmp_path):
-    write_folder(tmp_path)
+def test_folder_val_is_held_out_of_train_and_test_is_val(tmp_path):
+    write_folder(tmp_path, per_class=5)
     splits = load_data("folder", str(tmp_path), image_size=8)
-    assert isinstance(splits.train, FolderImageSet)
+    assert isinstance(splits.train, FolderImageSet) and isinstance(splits.test, FolderImageSet)
     assert splits.train.classes == ("cat", "dog", "emu") and splits.num_classes == 3
-    assert (len(splits.train), len(splits.val), splits.image_size, splits.mean) == (9, 9, 8, IMAGENET_MEAN)
+    # Default hold-out: a fifth of the 15 train/ images (50 per class would be all of them).
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.image_size, splits.mean) == (
+        12, 3, 15, 8, IMAGENET_MEAN)
+    assert torch.bincount(splits.val.labels).tolist() == [1, 1, 1]
+    assert sorted(splits.test.samples) == sorted(files(tmp_path, "val"))
+    assert sorted(splits.train.samples + splits.val.samples) == sorted(files(tmp_path, "train"))
+    assert "test is val/" in describe(splits)
     for train in (False, True):
-        x, y = collect(batches(splits.train, 4, train=train, epoch=0, seed=0, device="cpu", workers=0,
-                               drop_last=False))
-        assert x.shape == (9, 3, 8, 8) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        x, y = collect(batches(splits.train, 4, train=train, epoch=0, seed=0, device="cpu", workers=0))
+        assert x.shape == (12, 3, 8, 8) and sorted(y.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
         rgb = x * torch.tensor(splits.std).view(1, 3, 1, 1) + torch.tensor(splits.mean).view(1, 3, 1, 1)
         expected = torch.tensor([COLOURS[c] for c in splits.train.classes], dtype=torch.float32)[y] / 255
         assert torch.allclose(rgb, expected[:, :, None, None].expand_as(rgb), atol=1e-5)
 
 
+def files(root, split):
+    return [(str(p), i) for i, c in enumerate(COLOURS) for p in (root / split / c).glob("*.png")]
+
+
+def test_folder_without_val_holds_out_val_and_test_by_seed(tmp_path):
+    write_folder(tmp_path, splits=("train",), per_class=5)
+    a = load_data("folder", str(tmp_path), image_size=8, val_size=0.2, seed=1)
+    b = load_data("folder", str(tmp_path), image_size=8, val_size=0.2, seed=1)
+    c = load_data("folder", str(tmp_path), image_size=8, val_size=0.2, seed=2)
+    assert (len(a.train), len(a.val), len(a.test)) == (9, 3, 3)  # 0.2 * 15 each for val and test
+    assert torch.bincount(a.val.labels).tolist() == torch.bincount(a.test.labels).tolist() == [1, 1, 1]
+    parts = [set(a.train.samples), set(a.val.samples), set(a.test.samples)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set.union(*parts) == set(files(tmp_path, "train"))
+    assert (a.val.samples, a.test.samples) == (b.val.samples, b.test.samples)
+    assert (a.val.samples, a.test.samples) != (c.val.samples, c.test.samples)
+    assert "no val/: val and test held out of train/" in describe(a)
+
+
 def test_folder_crops_are_deterministic_and_worker_independent(tmp_path):
     root = tmp_path / "train" / "a"
     root.mkdir(parents=True)
-    for i in range(4):
+    for i in range(8):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    data = load_data("folder", str(tmp_path), image_size=8, val_fraction=0.25).train
+    data = load_data("folder", str(tmp_path), image_size=8, val_size=1).train
     run = lambda epoch, workers: collect(batches(data, 3, train=True, epoch=epoch, seed=5, device="cpu",  # noqa: E731
                                                  workers=workers))
     (x0, y0), (x2, y2) = run(0, 0), run(0, 2)
@@ -311,7 +374,7 @@ def test_folder_crops_are_deterministic_and_worker_independent(tmp_path):
     assert not torch.equal(run(1, 0)[0], x0)
 
 
-def test_folder_val_centre_crop_and_train_flip(tmp_path):
+def test_folder_test_centre_crop_and_train_flip(tmp_path):
     # 16x16: green inside a 1-pixel red border, the left half of the inside darker.
     pixels = np.zeros((16, 16, 3), np.uint8)
     pixels[..., 0] = 255
@@ -321,28 +384,17 @@ def test_folder_val_centre_crop_and_train_flip(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
         for i in range(8):
             Image.fromarray(pixels).save(tmp_path / split / "a" / f"{i}.png")
-    splits = load_data("folder", str(tmp_path), image_size=14)
-    x, _ = collect(batches(splits.val, 8, train=False, epoch=0, seed=0, device="cpu", workers=0))
+    splits = load_data("folder", str(tmp_path), image_size=14, val_size=1)
+    x, _ = collect(batches(splits.test, 8, train=False, epoch=0, seed=0, device="cpu", workers=0))
     rgb = (x * torch.tensor(splits.std).view(1, 3, 1, 1) + torch.tensor(splits.mean).view(1, 3, 1, 1)) * 255
     expected = torch.from_numpy(pixels[1:15, 1:15]).permute(2, 0, 1).float()  # 0.875 of 16: the border goes
     assert torch.allclose(rgb, expected.expand_as(rgb), atol=1e-3)
     dark_left = []
     for epoch in range(2):
-        x, _ = collect(batches(splits.train, 8, train=True, epoch=epoch, seed=0, device="cpu", workers=0))
+        x, _ = collect(batches(splits.train, 7, train=True, epoch=epoch, seed=0, device="cpu", workers=0))
         green = x[:, 1].mean(1)  # per column
         dark_left += [bool(g[0] < g[-1]) for g in green if (g[0] - g[-1]).abs() > 0.5]
     assert True in dark_left and False in dark_left  # some crops mirrored, some not
-
-
-def test_folder_without_val_is_split_by_seed(tmp_path):
-    write_folder(tmp_path, splits=("train",), per_class=5)
-    a = load_data("folder", str(tmp_path), image_size=8, val_fraction=0.4, seed=1)
-    b = load_data("folder", str(tmp_path), image_size=8, val_fraction=0.4, seed=1)
-    assert (len(a.train), len(a.val)) == (9, 6)
-    assert torch.bincount(a.val.labels).tolist() == [2, 2, 2]
-    assert a.val.samples == b.val.samples
-    assert sorted(a.train.samples + a.val.samples) == sorted(
-        (str(p), i) for i, c in enumerate(COLOURS) for p in (tmp_path / "train" / c).glob("*.png"))
 
 
 def test_folder_layout_errors(tmp_path):
@@ -364,19 +416,53 @@ def test_folder_layout_errors(tmp_path):
         load_data("folder", str(tmp_path))
 
 
+def break_images(root, paths):
+    for p in paths:
+        (root / p).write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return [str(root / p) for p in paths]
+
+
+def test_unreadable_images_are_all_named_before_any_batch(tmp_path):
+    write_folder(tmp_path, per_class=5)
+    bad = break_images(tmp_path, ["val/dog/1.png", "train/cat/3.png"])
+    (tmp_path / "train" / "emu" / "0.png").write_bytes(b"")  # empty
+    bad.append(str(tmp_path / "train" / "emu" / "0.png"))
+    with pytest.raises(DataError) as e:
+        load_data("folder", str(tmp_path), image_size=8, workers=2)
+    message = str(e.value)
+    assert message.startswith("3 of 30 images cannot be opened: ") and message.endswith("fix or delete them")
+    assert all(p in message for p in bad) and "\n" not in message and "listed in" not in message
+
+
+def test_many_unreadable_images_are_listed_in_a_file(tmp_path):
+    write_folder(tmp_path, splits=("train",), per_class=5)
+    bad = break_images(tmp_path, [f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(4)])
+    with pytest.raises(DataError, match=r"^8 of 15 images cannot be opened: ") as e:
+        load_data("folder", str(tmp_path), image_size=8)
+    message = str(e.value)
+    assert sum(p in message for p in bad) == 5 and "\n" not in message
+    listing = message.split("all 8 are listed in ")[1].split(";")[0]
+    lines = open(listing).read().splitlines()
+    os.unlink(listing)
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(bad)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
-def test_unreadable_image_is_named(tmp_path, workers):
+def test_image_that_opens_but_does_not_decode_is_named_by_batches(tmp_path, workers):
     write_folder(tmp_path)
-    bad = tmp_path / "val" / "dog" / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    splits = load_data("folder", str(tmp_path), image_size=8)
+    good = tmp_path / "val" / "dog" / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    good.write_bytes(good.read_bytes()[:1000])  # the header survives, the pixels do not
+    splits = load_data("folder", str(tmp_path), image_size=8)  # header check passes
     with pytest.raises(DataError, match="cannot read image") as e:
-        collect(batches(splits.val, 4, train=False, epoch=0, seed=0, device="cpu", workers=workers))
-    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+        collect(batches(splits.test, 4, train=False, epoch=0, seed=0, device="cpu", workers=workers))
+    assert str(good) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_argument_errors():
     with pytest.raises(DataError, match="unknown dataset 'mnist'"):
         load_data("mnist")
-    with pytest.raises(DataError, match="val_fraction"):
-        load_data("digits", val_fraction=1.0)
+    with pytest.raises(DataError, match="val_size as a fraction must be between 0 and 1"):
+        load_data("digits", val_size=1.0)
+    with pytest.raises(DataError, match="seed must be a non-negative integer"):
+        load_data("digits", seed=-1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mixpath.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mixpath.cli import main
+from mixpath.cli.train import main
 from mixpath.training import ConfigError, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

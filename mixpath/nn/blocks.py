@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..ops import mixed_depthwise_bn
+from .init import conv_normal_
 from .shadow_bn import ShadowBatchNorm2d
 
 LAYOUTS = ("mixpath", "official")
@@ -42,7 +43,7 @@ class MixedDepthwiseBN(nn.Module):
         self.channels, self.stride, self.activation = channels, stride, activation
         self.kernel_sizes = tuple(kernel_sizes)
         self.weight = nn.ParameterDict({
-            f"k{k}": nn.Parameter(nn.init.kaiming_normal_(torch.empty(channels, 1, k, k), mode="fan_out"))
+            f"k{k}": nn.Parameter(conv_normal_(torch.empty(channels, 1, k, k)))
             for k in self.kernel_sizes})
         self.bn = ShadowBatchNorm2d(channels, num_shadows)
         self.backend: str | None = None  # None: the fastest available (mixpath.ops.default_backend)
@@ -116,9 +117,10 @@ class InvertedResidual(nn.Module):
         kernels = tuple(kernels)
         row = shadow_row(self.shadow_bn, kernels) - 1
         out = InvertedResidual(self.cin, self.cout, self.expansion, self.stride, kernels, 1, self.layout)
-        prefix = "mixed.bn." if self.layout == "mixpath" else "project_bn."
+        # the copy's single Shadow BN row 0 takes this block's row `row`
+        rows = ("mixed.bn" if self.layout == "mixpath" else "project_bn") + ".rows."
         state = self.state_dict()
-        out.load_state_dict({key: state[key][row:row + 1] if key.startswith(prefix) else state[key]
+        out.load_state_dict({key: state[f"{rows}{row}.{key[len(rows) + 2:]}" if key.startswith(rows) else key]
                              for key in out.state_dict()})
         if self.layout == "mixpath":
             out.mixed.backend = self.mixed.backend

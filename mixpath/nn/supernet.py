@@ -1,4 +1,4 @@
-"""The MixPath supernet and the stand-alone subnets extracted from it."""
+"""The MixPath supernet, the subnets extracted from it, and stand-alone networks built from scratch."""
 from __future__ import annotations
 
 import copy
@@ -7,22 +7,30 @@ import torch
 from torch import nn
 
 from ..ops.registry import get_backend
-from ..space import Arch, SearchSpace
+from ..space import Arch, ArchError, SearchSpace
 from .blocks import ConvBNAct, InvertedResidual, MixedDepthwiseBN
+from .init import release_init_
+
+
+def _ends(space: SearchSpace) -> dict[str, nn.Module]:
+    """Stem, optional separable block, head and classifier: the fixed parts of every network of `space`."""
+    ends = dict(stem=ConvBNAct(space.in_channels, space.stem_channels, 3, space.stem_stride), separable=nn.Identity(),
+                head=ConvBNAct(space.layers[-1].out_channels, space.head_channels, 1),
+                classifier=nn.Linear(space.head_channels, space.num_classes))
+    if space.separable_channels:
+        c, s = space.stem_channels, space.separable_channels
+        ends["separable"] = nn.Sequential(ConvBNAct(c, c, 3, groups=c), ConvBNAct(c, s, 1, act=False))
+    return ends
 
 
 class _Network(nn.Module):
     """Stem, optional separable block, layers, head: what supernet and subnet share."""
 
-    def _build_ends(self, space: SearchSpace):
-        self.stem = ConvBNAct(space.in_channels, space.stem_channels, 3, space.stem_stride)
-        if space.separable_channels:
-            c, s = space.stem_channels, space.separable_channels
-            self.separable = nn.Sequential(ConvBNAct(c, c, 3, groups=c), ConvBNAct(c, s, 1, act=False))
-        else:
-            self.separable = nn.Identity()
-        self.head = ConvBNAct(space.layers[-1].out_channels, space.head_channels, 1)
-        self.classifier = nn.Linear(space.head_channels, space.num_classes)
+    def __init__(self, space: SearchSpace, layout: str, stem, separable, layers, head, classifier):
+        super().__init__()
+        self.space, self.layout = space, layout
+        self.stem, self.separable, self.head, self.classifier = stem, separable, head, classifier
+        self.layers = layers
 
     def _features_in(self, x):
         return self.separable(self.stem(x))
@@ -51,59 +59,86 @@ class SuperNet(_Network):
 
     layout: 'mixpath' (fused-op layout, default) or 'official' (the release's
     block). shadow_bn=False keeps a single BN where MixPath keeps one per path count.
+    Weights start as the release initialises them. `arch` may be an `Arch` or its
+    compact string; one that does not fit the space raises ArchError.
     """
 
     def __init__(self, space: SearchSpace, layout: str = "mixpath", shadow_bn: bool = True):
-        super().__init__()
-        self.space, self.layout, self.shadow_bn = space, layout, shadow_bn
-        self._build_ends(space)
         shadows = space.max_paths if shadow_bn else 1
-        self.layers = nn.ModuleList(
+        layers = nn.ModuleList(
             nn.ModuleDict({str(t): InvertedResidual(spec.in_channels, spec.out_channels, t, spec.stride,
                                                     space.kernel_sizes, shadows, layout)
                            for t in space.expansions})
             for spec in space.layers)
+        super().__init__(space, layout, layers=layers, **_ends(space))
+        self.shadow_bn = shadow_bn
+        release_init_(self)
 
-    def _blocks(self, arch: Arch):
+    def check_arch(self, arch: Arch | str) -> Arch:
+        """`arch` as an Arch of this supernet's space; ArchError if it does not fit (cached: cheap per step)."""
+        return self.space.check(arch)
+
+    def _blocks(self, arch: Arch | str):
+        arch = self.check_arch(arch)
         return [(layer[str(c.expansion)], c.kernels) for layer, c in zip(self.layers, arch.layers)]
 
-    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, arch: Arch | str) -> torch.Tensor:
         x = self._features_in(x)
         for block, kernels in self._blocks(arch):
             x = block(x, kernels)
         return self._logits(x)
 
-    def batchnorms(self, arch: Arch):
+    def batchnorms(self, arch: Arch | str):
         """(module, j) for every BatchNorm the arch uses; j selects a Shadow BN row, None for plain BN."""
         used = self._end_batchnorms()
         for block, kernels in self._blocks(arch):
             used += block.batchnorms(kernels)
         return used
 
-    def subnet(self, arch: Arch) -> "SubNet":
+    def subnet(self, arch: Arch | str) -> "SubNet":
         """A stand-alone copy of `arch`: only its weights, the same outputs as `self(x, arch)`."""
-        return SubNet(self, self.space.check(arch))
+        arch = self.check_arch(arch)
+        layers = nn.ModuleList(block.extract(kernels) for block, kernels in self._blocks(arch))
+        ends = {name: copy.deepcopy(getattr(self, name)) for name in ("stem", "separable", "head", "classifier")}
+        return SubNet(self.space, arch, self.layout, layers=layers, **ends).train(self.training)
 
 
 class SubNet(_Network):
-    """One architecture as an ordinary nn.Module (`forward(x)`); made by `SuperNet.subnet`."""
+    """One architecture as an ordinary nn.Module (`forward(x)`), one Shadow BN row per layer.
 
-    def __init__(self, supernet: SuperNet, arch: Arch):
-        super().__init__()
-        self.arch, self.space = arch, supernet.space
-        for name in ("stem", "separable", "head", "classifier"):
-            setattr(self, name, copy.deepcopy(getattr(supernet, name)))
-        self.layers = nn.ModuleList(block.extract(kernels) for block, kernels in supernet._blocks(arch))
-        self.train(supernet.training)
+    Made by `SuperNet.subnet` (weights copied from the supernet) or `standalone`
+    (fresh weights, to train from scratch).
+    """
 
-    def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+    def __init__(self, space: SearchSpace, arch: Arch, layout: str, *, stem, separable, layers, head, classifier):
+        super().__init__(space, layout, stem, separable, layers, head, classifier)
+        self.arch = arch
+
+    def check_arch(self, arch: Arch | str | None) -> None:
+        """None (this subnet's own arch is implied); ArchError for any other architecture."""
+        if arch is not None and self.space.check(arch) != self.arch:
+            raise ArchError(f"this SubNet runs {self.arch} only; got {arch}: pass arch=None "
+                            "or take the subnet of that architecture from the supernet")
+
+    def forward(self, x: torch.Tensor, arch: Arch | str | None = None) -> torch.Tensor:
+        self.check_arch(arch)
         x = self._features_in(x)
         for block in self.layers:
             x = block(x)
         return self._logits(x)
 
-    def batchnorms(self, arch: Arch | None = None):
+    def batchnorms(self, arch: Arch | str | None = None):
+        self.check_arch(arch)
         used = self._end_batchnorms()
         for block in self.layers:
             used += block.batchnorms()
         return used
+
+
+def standalone(space: SearchSpace, arch: Arch | str, layout: str = "mixpath") -> SubNet:
+    """A fresh network of `arch` alone (no supernet built), initialised as the release does: to train from scratch."""
+    arch = space.check(arch)
+    layers = nn.ModuleList(InvertedResidual(spec.in_channels, spec.out_channels, c.expansion, spec.stride, c.kernels,
+                                            1, layout)
+                           for spec, c in zip(space.layers, arch.layers))
+    return release_init_(SubNet(space, arch, layout, layers=layers, **_ends(space)))

@@ -1,22 +1,16 @@
-"""`mixpath-train` / `python train.py`: the command line over `mixpath.training.train`.
+"""`mixpath train` / `python train.py`: the command line over `mixpath.training.train`.
 
-This module is the error boundary: a bad option, dataset, architecture,
-checkpoint or device ends the program with one line on stderr naming the
-problem and the fix (exit status 2), a failure while training with one line
-and status 1. Unexpected exceptions keep their traceback: they are bugs.
+Errors end the program with one line (see `common.guarded`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import torch
+from ..training import AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS, TrainConfig, train
+from .common import Parser, guarded, int_list
 
-from .checkpoint import CheckpointError
-from .data import DataError
-from .space import ArchError
-from .training import (AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS, ConfigError, TrainConfig, TrainingError,
-                       train)
+HELP = "train a MixPath supernet (one sampled multi-path architecture per step)"
 
 
 def _dataset_line(name: str) -> str:
@@ -34,40 +28,28 @@ resuming: --resume DIR/last.pt continues a run with the settings it was started
 with; options that change what it computes (data, space, optimiser, epochs,
 seed) are refused if they differ, options about how it runs (--device,
 --backend/--fused, --amp, --threads, --workers, evaluation) may change. The same
-device and backend give bit-identical results to an uninterrupted run; another
-backend, device or --amp continues with other rounding.
+device, backend and --threads give bit-identical results to an uninterrupted
+run; another backend, device, --amp or thread count continues with other
+rounding (summation order), and the log says so. Resuming a finished run
+evaluates it again into summary.2.json (summary.json is never replaced).
 
 outputs in --out DIR: last.pt (checkpoint, rewritten atomically each epoch),
-metrics.jsonl (one line per epoch), summary.json (final subnet scores).
+metrics.jsonl (one line per epoch), summary.json (final subnet scores). One job
+at a time per folder; a folder that holds a run is refused unless --resume
+(continue) or --force (replace). Ctrl-C or SIGTERM stop after saying what can be
+resumed.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line, like every other error this program reports.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 3,5,7,9, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer, e.g. 3,5,7,9")
-    return values
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    # Unset options stay out of the namespace, so a resumed run can take them from its checkpoint.
-    p = _Parser(prog=prog, description="Train a MixPath supernet (one sampled multi-path architecture per step) "
-                "and score subnets after BN recalibration.", epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+def add_data_and_space(p: argparse.ArgumentParser) -> None:
+    """The options that say what is trained on what: shared by `train` and `retrain`."""
     d = DEFAULTS
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=DATASETS, help=f"dataset (default {d['data']}: bundled, no download)")
     g.add_argument("--data-dir", metavar="D", help="cifar10: the cifar-10-batches-py folder; folder: a folder with "
-                   "train/<class>/*.jpg and optionally val/<class>/*")
+                   "train/<class>/*.jpg and optionally val/<class>/* (used as the test split)")
+    g.add_argument("--val-size", type=int, metavar="N", help="validation images held out of the training split "
+                   "(cifar10 default 5000; see the README's data section)")
     g.add_argument("--image-size", type=int, metavar="N", help="image side (digits 16, folder 224; cifar10 is 32)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="training augmentation (default: off for digits, on otherwise)")
@@ -78,13 +60,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="default by --data: digits tiny, cifar10 cifar, folder imagenet")
     g.add_argument("--max-paths", type=int, metavar="M",
                    help=f"paths active per layer, 1..4 (default {d['max_paths']})")
-    g.add_argument("--kernels", type=_int_list, metavar="K,K", help="depthwise kernel sizes (default 3,5,7,9)")
-    g.add_argument("--expansions", type=_int_list, metavar="T,T", help="expansion rates (default 3,6)")
+    g.add_argument("--kernels", type=int_list, metavar="K,K", help="depthwise kernel sizes (default 3,5,7,9)")
+    g.add_argument("--expansions", type=int_list, metavar="T,T", help="expansion rates (default 3,6)")
     g.add_argument("--width-mult", type=float, metavar="W", help=f"channel multiplier (default {d['width_mult']})")
     g.add_argument("--layout", choices=("mixpath", "official"),
                    help="mixpath (fusable, default) or official (the release's block)")
-    g.add_argument("--shadow-bn", action=argparse.BooleanOptionalAction,
-                   help="one BN per path count (default on; --no-shadow-bn is the single-BN ablation)")
+
+
+def add_recipe_and_job(p: argparse.ArgumentParser) -> None:
+    """Optimisation, device and job options: shared by `train` and `retrain`."""
+    d = DEFAULTS
 
     g = p.add_argument_group("optimisation (the release's recipe unless noted)")
     g.add_argument("--epochs", type=int, metavar="N", help="cosine schedule length (default by --data)")
@@ -107,8 +92,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=AMP_MODES, help="mixed precision: bf16, or fp16 with loss scaling "
                    "(default none)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="NHWC tensors")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default by --data; else torch's default)")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default by --data; else torch's "
+                   "default); saved in the checkpoint: another count on --resume changes the rounding")
 
+    g = p.add_argument_group("the job")
+    g.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/<timestamp>)")
+    g.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (DIR/last.pt, or DIR)")
+    g.add_argument("--force", action="store_true", help="replace the run already in --out")
+    g.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation "
+                   "(for job time limits) and --resume later")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_and_space(p)
+    add_recipe_and_job(p)
+
+
+def supernet_options(p: argparse.ArgumentParser) -> None:
+    """What only a supernet has: Shadow BN, and the final scoring of sampled subnets."""
+    d = DEFAULTS
+    p.add_argument("--shadow-bn", action=argparse.BooleanOptionalAction,
+                   help="one BN per path count (default on; --no-shadow-bn is the single-BN ablation)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-archs", type=int, metavar="N", help=f"sampled subnets scored at the end "
                    f"(default {d['eval_archs']})")
@@ -117,38 +121,36 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--calib-batches", type=int, metavar="N", help=f"training batches for BN recalibration "
                    f"(default {d['calib_batches']})")
 
-    g = p.add_argument_group("the job")
-    g.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/<timestamp>)")
-    g.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (DIR/last.pt, or DIR)")
-    g.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation "
-                   "(for job time limits) and --resume later")
+
+# Unset options stay out of the namespace, so a resumed run can take them from its checkpoint.
+PARSER_OPTIONS = dict(description="Train a MixPath supernet (one sampled multi-path architecture per step) and "
+                      "score subnets after BN recalibration.", epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+
+
+def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_arguments(p)
+    supernet_options(p)
     return p
 
 
+def add_parser(subparsers) -> None:
+    _fill(subparsers.add_parser("train", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    return _fill(Parser(prog=prog, **PARSER_OPTIONS))
+
+
+def run(args: argparse.Namespace, prog: str) -> int:
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    return guarded(prog, lambda: train(TrainConfig(**options)))
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`python train.py ...`: the same as `mixpath train ...`."""
     parser = build_parser(prog)
-    args = vars(parser.parse_args(argv))
-    name = parser.prog
-
-    def fail(status: int, message: str) -> int:
-        print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
-        return status
-
-    try:
-        train(TrainConfig(**args))
-    except (ConfigError, DataError, ArchError, CheckpointError) as e:
-        return fail(2, str(e))
-    except TrainingError as e:
-        return fail(1, str(e))
-    except torch.cuda.OutOfMemoryError:
-        return fail(1, "out of GPU memory: lower --batch-size, or try --amp bf16 or a smaller --width-mult")
-    except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        return fail(1, f"cannot read or write{where}: {e.strerror or e}; check the path, its permissions and "
-                       "free disk space")
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run(parser.parse_args(argv), parser.prog)
 
 
 if __name__ == "__main__":
