@@ -7,9 +7,11 @@ or bfloat16, NCHW or channels_last; the merged kernel W (C, K, K) float32, K odd
 Passes (T = one read or write of an x-sized tensor in x's dtype)
 ----------------------------------------------------------------
 forward, training (2 launches, 3 T):
-  F1 `_fwd_stats`  read x, compute z tile by tile; per-tile mean and M2 merged
-                   with Chan's formula into one (mean, M2) per (chunk, channel)
-                   (accurate when |mean| >> std, unlike a sum of squares).
+  F1 `_fwd_stats`  read x, compute z tile by tile; sums of z - pivot and of its
+                   square, the pivot being the chunk's first tile mean, give one
+                   (mean, M2) per (chunk, channel): their rounding scales with the
+                   spread of z, not |mean| (unlike a sum of squares, or a running
+                   mean updated per tile), however many tiles a chunk has.
   F2 `_fwd_apply`  merge the chunk partials of its channels (fixed order),
                    recompute z from x, write y = act(z * scale + shift).
                    Programs of chunk 0 write save_mean / save_var.
@@ -25,9 +27,9 @@ backward (4 launches in training, 3 in eval; 8 T in float32, 10 T in half):
                    transposed conv) and, from the same dz values, per-chunk
                    partials of dW. With stride 2 each output position owns a
                    2 x 2 block of inputs and each parity class visits only the
-                   taps that reach it. NCHW keeps K*K dW sums per thread and
-                   reduces them across threads once per program; channels_last
-                   (a vector of channels per thread) reduces each tap per tile.
+                   taps that reach it. Each tap's dW products are summed over the
+                   tile and added to a per-chunk accumulator spread over the
+                   threads (K*K accumulators per thread spilled at K = 9).
   B4 `_bwd_final`  sum the partials of dW, dgamma and dbeta in a fixed order.
 dz is the one intermediate in memory: dx needs dz at K*K neighbours, and
 recomputing it there would redo K*K convolutions per output. It is float32
@@ -46,13 +48,26 @@ instead of 164 multiply-adds per output and conv pass at K = 9.
 
 Grid and tiling
 ---------------
-Every kernel but B4 runs on a grid (channel blocks, chunks). A chunk is a fixed
-range of the flattened output positions p = (n, ho, wo), the same for all the
-kernels of a call; a program walks its chunk in tiles of BLOCK_P positions x
-BLOCK_C channels. The chunk count aims at a few programs per SM; it bounds the
-partial buffers (chunks x C floats), which consumers reduce in a fixed order.
-No atomics: results are bit-identical from run to run for a given shape and
-device.
+A chunk is a fixed range of the flattened output positions p = (n, ho, wo),
+the same for all the kernels of a call, walked in tiles of BLOCK_P positions x
+BLOCK_C channels; each has its partials (chunks x C floats), which consumers
+reduce in a fixed order. The chunks (at most MAX_CHUNKS per channel block) are
+set by the shape alone, so the summation order, and the results, are the same
+on every device. Every kernel but B4 runs on a grid (channel blocks, programs),
+each program walking every programs-th chunk; `programs` comes from occupancy:
+SM count x the programs an SM holds by the compiled kernel's registers, shared
+memory and threads (Triton's n_regs and metadata.shared), or
+ESTIMATED_PROGRAMS_PER_SM where those are not reported. No atomics: results are
+bit-identical from run to run and across GPUs for a given shape. Positions and
+per-sample offsets are int32: N * Ho * Wo and C * H * W must stay below 2**31
+(checked; offsets across samples become int64 when x has 2**31 elements or
+more). Every launch passes LAUNCH_OPTIONS: fp fusion is asked for explicitly,
+as Triton 3.10 turns it off by default.
+Layout: NCHW input with CHANNELS_LAST_MIN_C = 16 channels or more is converted
+to channels_last and its y and dx converted back (two extra passes each way),
+as NCHW tiles load one element per tap and thread where channels_last loads
+vectors of channels; this is an estimate of the faster path, not a measurement.
+Fewer channels would leave most of a channel vector masked, so they stay NCHW.
 - NCHW: BLOCK_C = 1, so a program owns one channel: its weights are uniform
   scalars and a tile is a contiguous run of each (n, c) plane.
 - channels_last: BLOCK_C = 16 channels, contiguous in memory, so each shifted
@@ -79,10 +94,19 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}
-# Programs per SM the chunking aims for, and a cap on the chunk count:
-# consumers reduce every chunk's partials of their channels, so keep it small.
-PROGRAMS_PER_SM = 4
+# Given to every launch: Triton 3.10 turns fp fusion off by default, which would
+# split each multiply-add of the convolutions into a multiply and a rounded add.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+# Chunks per channel block: the fixed partition of the positions that sets the
+# reduction order. Consumers reduce every chunk's partials, so keep it small.
 MAX_CHUNKS = 128
+# Programs per SM assumed where the compiled kernel's resources are not known.
+ESTIMATED_PROGRAMS_PER_SM = 4
+# NCHW input with at least this many channels runs in channels_last: a channel
+# vector of 16 is full there, while NCHW tiles load one element per tap and thread.
+CHANNELS_LAST_MIN_C = 16
+# Positions and per-sample offsets are int32 in the kernels.
+INDEX_LIMIT = 2**31
 # The interpreter converts float32 to bfloat16 by truncation where GPUs round to
 # nearest even; rounding by hand there keeps CPU tests as accurate as the GPU.
 _ROUND_BF16_BY_HAND = tl.constexpr(INTERPRET)
@@ -242,7 +266,7 @@ def _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm):
 # forward
 # ----------------------------------------------------------------------------
 @triton.jit
-def _fwd_stats(x_ptr, w_ptr, pmean_ptr, pm2_ptr, NP, CHUNK_P,
+def _fwd_stats(x_ptr, w_ptr, pmean_ptr, pm2_ptr, NP, NC, CHUNK_P,
                C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
                SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
                SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
@@ -251,25 +275,27 @@ def _fwd_stats(x_ptr, w_ptr, pmean_ptr, pm2_ptr, NP, CHUNK_P,
     cm = c < C
     tcm = None if EVEN_C else cm
     wp = w_ptr + c * SWC
-    chunk = tl.program_id(1)
-    p_start = chunk * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, NP)
-    mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
-        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
-        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
-        # Chan's merge of this tile's (count, mean, M2) into the chunk's: stable for |mean| >> std
-        seen = (p0 - p_start).to(tl.float32)
-        cnt = tl.minimum(p_end - p0, BLOCK_P).to(tl.float32)
-        t_mean = tl.sum(z, axis=0) / cnt  # masked positions give z = 0
-        d = tl.where(ok[:, None], z - t_mean[None, :], 0.0)
-        delta = t_mean - mean
-        mean += delta * (cnt / (seen + cnt))
-        m2 += tl.sum(d * d, axis=0) + delta * delta * (seen * cnt / (seen + cnt))
-    tl.store(pmean_ptr + chunk * C + c, mean, mask=cm)
-    tl.store(pm2_ptr + chunk * C + c, m2, mask=cm)
+    for chunk in range(tl.program_id(1), NC, tl.num_programs(1)):
+        p_start = chunk * CHUNK_P
+        p_end = tl.minimum(p_start + CHUNK_P, NP)
+        pivot = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        s1 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        s2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for p0 in range(p_start, p_end, BLOCK_P):
+            ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+            xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+            z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+            # Sums of z - pivot, the pivot being the chunk's first tile mean: their rounding
+            # scales with the spread of z, not with |mean|, however many tiles they run over
+            # (a running mean updated per tile rounds by eps * |mean| at every tile).
+            cnt = tl.minimum(p_end - p0, BLOCK_P).to(tl.float32)
+            pivot = tl.where(p0 == p_start, tl.sum(z, axis=0) / cnt, pivot)  # masked positions give z = 0
+            d = tl.where(ok[:, None], z - pivot[None, :], 0.0)
+            s1 += tl.sum(d, axis=0)
+            s2 += tl.sum(d * d, axis=0)
+        count = (p_end - p_start).to(tl.float32)
+        tl.store(pmean_ptr + chunk * C + c, pivot + s1 / count, mask=cm)
+        tl.store(pm2_ptr + chunk * C + c, s2 - s1 * (s1 / count), mask=cm)
 
 
 @triton.jit
@@ -282,10 +308,8 @@ def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pm
                EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
                REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_c = tl.program_id(0)
-    chunk = tl.program_id(1)
     if REVERSE:
         pid_c = tl.num_programs(0) - 1 - pid_c
-        chunk = tl.num_programs(1) - 1 - chunk
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     tcm = None if EVEN_C else cm
@@ -295,24 +319,26 @@ def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pm
     else:
         mean = tl.load(rmean_ptr + c, mask=cm, other=0.0)
         var = tl.load(rvar_ptr + c, mask=cm, other=1.0)
-    if chunk == 0:
+    if tl.program_id(1) == 0:
         tl.store(smean_ptr + c, mean, mask=cm)
         tl.store(svar_ptr + c, var, mask=cm)
     inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
-    p_start = chunk * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, NP)
-    n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
-    for t in range(0, n_tiles):
-        if REVERSE:
-            p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
-        else:
-            p0 = p_start + t * BLOCK_P
-        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
-        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
-        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
-        y = _act(z * scale[None, :] + shift[None, :], ACT)
-        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
-        tl.store(y_ptr + yo, _cast_for(y, y_ptr), mask=_tile_mask(ok, tcm))
+    for step in range(tl.program_id(1), NC, tl.num_programs(1)):
+        chunk = NC - 1 - step if REVERSE else step
+        p_start = chunk * CHUNK_P
+        p_end = tl.minimum(p_start + CHUNK_P, NP)
+        n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
+        for t in range(0, n_tiles):
+            if REVERSE:
+                p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
+            else:
+                p0 = p_start + t * BLOCK_P
+            ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+            xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+            z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+            y = _act(z * scale[None, :] + shift[None, :], ACT)
+            yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+            tl.store(y_ptr + yo, _cast_for(y, y_ptr), mask=_tile_mask(ok, tcm))
 
 
 # ----------------------------------------------------------------------------
@@ -320,7 +346,7 @@ def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pm
 # ----------------------------------------------------------------------------
 @triton.jit
 def _bwd_stats(x_ptr, w_ptr, dy_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_ptr, pdb_ptr, pdg_ptr,
-               eps, NP, CHUNK_P,
+               eps, NP, NC, CHUNK_P,
                C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
                SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
                SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
@@ -330,25 +356,25 @@ def _bwd_stats(x_ptr, w_ptr, dy_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_ptr, p
     cm = c < C
     tcm = None if EVEN_C else cm
     wp = w_ptr + c * SWC
-    chunk = tl.program_id(1)
     mean = tl.load(smean_ptr + c, mask=cm, other=0.0)
     var = tl.load(svar_ptr + c, mask=cm, other=1.0)
     inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
-    p_start = chunk * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, NP)
-    db = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
-        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
-        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
-        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
-        g = tl.load(dy_ptr + yo, mask=_tile_mask(ok, tcm), other=0.0).to(tl.float32)
-        du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
-        db += tl.sum(du, axis=0)
-        dg += tl.sum(du * (z - mean[None, :]), axis=0)
-    tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
-    tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
+    for chunk in range(tl.program_id(1), NC, tl.num_programs(1)):
+        p_start = chunk * CHUNK_P
+        p_end = tl.minimum(p_start + CHUNK_P, NP)
+        db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for p0 in range(p_start, p_end, BLOCK_P):
+            ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+            xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+            z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+            yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+            g = tl.load(dy_ptr + yo, mask=_tile_mask(ok, tcm), other=0.0).to(tl.float32)
+            du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
+            db += tl.sum(du, axis=0)
+            dg += tl.sum(du * (z - mean[None, :]), axis=0)
+        tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
+        tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
 
 
 @triton.jit
@@ -361,10 +387,8 @@ def _bwd_dz(x_ptr, w_ptr, dy_ptr, dz_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_p
             EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
             REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_c = tl.program_id(0)
-    chunk = tl.program_id(1)
     if REVERSE:
         pid_c = tl.num_programs(0) - 1 - pid_c
-        chunk = tl.num_programs(1) - 1 - chunk
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     tcm = None if EVEN_C else cm
@@ -377,38 +401,39 @@ def _bwd_dz(x_ptr, w_ptr, dy_ptr, dz_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_p
         total = NP * 1.0
         zc = -scale * inv * _sum_partials(pdg_ptr, c, cm, NC, C, NC_PAD) / total
         z0 = -scale * _sum_partials(pdb_ptr, c, cm, NC, C, NC_PAD) / total
-    else:
+    for step in range(tl.program_id(1), NC, tl.num_programs(1)):
+        chunk = NC - 1 - step if REVERSE else step
+        p_start = chunk * CHUNK_P
+        p_end = tl.minimum(p_start + CHUNK_P, NP)
         db = tl.zeros((BLOCK_C,), dtype=tl.float32)
         dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    p_start = chunk * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, NP)
-    n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
-    for t in range(0, n_tiles):
-        if REVERSE:
-            p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
-        else:
-            p0 = p_start + t * BLOCK_P
-        ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
-        xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
-        z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
-        yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
-        m = _tile_mask(ok, tcm)
-        g = tl.load(dy_ptr + yo, mask=m, other=0.0).to(tl.float32)
-        du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
-        if TRAINING:
-            dz = du * scale[None, :] + (z - mean[None, :]) * zc[None, :] + z0[None, :]
-        else:
-            dz = du * scale[None, :]
-            db += tl.sum(du, axis=0)
-            dg += tl.sum(du * (z - mean[None, :]), axis=0)
-        tl.store(dz_ptr + yo, _cast_for(dz, dz_ptr), mask=m)
-    if not TRAINING:
-        tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
-        tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
+        n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
+        for t in range(0, n_tiles):
+            if REVERSE:
+                p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
+            else:
+                p0 = p_start + t * BLOCK_P
+            ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
+            xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
+            z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
+            yo = (n * SYN + h * SYH + w * SYW)[:, None] + (c * SYC)[None, :]
+            m = _tile_mask(ok, tcm)
+            g = tl.load(dy_ptr + yo, mask=m, other=0.0).to(tl.float32)
+            du = _act_grad(z * scale[None, :] + shift[None, :], g, ACT)
+            if TRAINING:
+                dz = du * scale[None, :] + (z - mean[None, :]) * zc[None, :] + z0[None, :]
+            else:
+                dz = du * scale[None, :]
+                db += tl.sum(du, axis=0)
+                dg += tl.sum(du * (z - mean[None, :]), axis=0)
+            tl.store(dz_ptr + yo, _cast_for(dz, dz_ptr), mask=m)
+        if not TRAINING:
+            tl.store(pdb_ptr + chunk * C + c, db, mask=cm)
+            tl.store(pdg_ptr + chunk * C + c, dg * inv, mask=cm)
 
 
 @triton.jit
-def _bwd_dx(dz_ptr, x_ptr, w_ptr, dx_ptr, pdw_ptr, NP, CHUNK_P,
+def _bwd_dx(dz_ptr, x_ptr, w_ptr, dx_ptr, pdw_ptr, NP, NC, CHUNK_P,
             C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
             SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,
             SYN: tl.constexpr, SYC: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr,
@@ -421,70 +446,57 @@ def _bwd_dx(dz_ptr, x_ptr, w_ptr, dx_ptr, pdw_ptr, NP, CHUNK_P,
     j + (pw + PAD - b) / S) when both divisions are exact, so with S = 2 each
     class visits only its own quarter of the taps.
 
-    A tile is [E, TP, BLOCK_C] with E = BLOCK_P // TP. With BLOCK_C = 1 (NCHW) and TP
-    the number of threads, axis 0 lies within each thread: dW is accumulated per
-    thread and tap (the one-hot update folds to one add, the tap index of each
-    register being a constant) and reduced across threads once per program. With
-    channel vectors per thread (channels_last) that would take K*K registers per
-    channel, so there each tap's products are summed over the tile at once.
+    A tile is [E, TP, BLOCK_C] with E = BLOCK_P // TP, axis 0 within each thread.
+    Each tap's dW products are summed over the tile at once (within the thread
+    over E, then across threads) and added to a (K*K, BLOCK_C) accumulator spread
+    over the threads: a per-thread accumulator for every tap would hold K*K
+    registers per channel for the whole chunk and spill at K = 9, and would sum
+    each thread's products in one long float32 run.
     """
     PAD: tl.constexpr = K // 2
     E: tl.constexpr = BLOCK_P // TP
-    PER_THREAD: tl.constexpr = BLOCK_C == 1
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     tcm = None if EVEN_C else cm
     wp = w_ptr + c * SWC
     c3 = c[None, None, :]
-    chunk = tl.program_id(1)
-    if PER_THREAD:
-        taps = tl.arange(0, KK_PAD)[:, None, None]
-        dw = tl.zeros((KK_PAD, TP, BLOCK_C), dtype=tl.float32)
-    else:
-        taps = tl.arange(0, KK_PAD)[:, None]
+    taps = tl.arange(0, KK_PAD)[:, None]
+    for chunk in range(tl.program_id(1), NC, tl.num_programs(1)):
         dw = tl.zeros((KK_PAD, BLOCK_C), dtype=tl.float32)
-    p_start = chunk * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, NP)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        p = p0 + (tl.arange(0, E)[:, None] * TP + tl.arange(0, TP)[None, :])
-        ok = p < p_end
-        n = p // (HO * WO)
-        i = p % (HO * WO) // WO
-        j = p % WO
-        if BIG:
-            n = n.to(tl.int64)
-        gp = dz_ptr + (n * SYN + i * SYH + j * SYW)[:, :, None] + c3 * SYC
-        for ph in tl.static_range(S):
-            hi = i * S + ph
-            for pw in tl.static_range(S):
-                wi = j * S + pw
-                pm = ok & (hi < H) & (wi < W)
-                xo = (n * SXN + hi * SXH + wi * SXW)[:, :, None] + c3 * SXC
-                xm = _tile_mask3(pm, tcm)
-                xv = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
-                acc = tl.zeros((E, TP, BLOCK_C), dtype=tl.float32)
-                # the rows a with (ph + PAD - a) divisible by S; unrolled as in _dwconv when
-                # the one-hot update of dW must see constant tap indices
-                if PER_THREAD:
-                    for a in tl.static_range((ph + PAD) % S, K, S):
-                        acc, dw = _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph, pw, HO, WO, SYH, SYW,
-                                          SWT, K, S, PER_THREAD)
-                else:
+        p_start = chunk * CHUNK_P
+        p_end = tl.minimum(p_start + CHUNK_P, NP)
+        for p0 in range(p_start, p_end, BLOCK_P):
+            p = p0 + (tl.arange(0, E)[:, None] * TP + tl.arange(0, TP)[None, :])
+            ok = p < p_end
+            n = p // (HO * WO)
+            i = p % (HO * WO) // WO
+            j = p % WO
+            if BIG:
+                n = n.to(tl.int64)
+            gp = dz_ptr + (n * SYN + i * SYH + j * SYW)[:, :, None] + c3 * SYC
+            for ph in tl.static_range(S):
+                hi = i * S + ph
+                for pw in tl.static_range(S):
+                    wi = j * S + pw
+                    pm = ok & (hi < H) & (wi < W)
+                    xo = (n * SXN + hi * SXH + wi * SXW)[:, :, None] + c3 * SXC
+                    xm = _tile_mask3(pm, tcm)
+                    xv = tl.load(x_ptr + xo, mask=xm, other=0.0).to(tl.float32)
+                    acc = tl.zeros((E, TP, BLOCK_C), dtype=tl.float32)
+                    # the rows a with (ph + PAD - a) divisible by S
                     for a in range((ph + PAD) % S, K, S):
                         acc, dw = _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph, pw, HO, WO, SYH, SYW,
-                                          SWT, K, S, PER_THREAD)
-                tl.store(dx_ptr + xo, _cast_for(acc, dx_ptr), mask=xm)
-    if PER_THREAD:
-        dw = tl.sum(dw, axis=1)
-    t2 = tl.arange(0, KK_PAD)[:, None]
-    tl.store(pdw_ptr + chunk * (C * K * K) + c[None, :] * (K * K) + t2, dw, mask=(t2 < K * K) & cm[None, :])
+                                          SWT, K, S)
+                    tl.store(dx_ptr + xo, _cast_for(acc, dx_ptr), mask=xm)
+        t2 = tl.arange(0, KK_PAD)[:, None]
+        tl.store(pdw_ptr + chunk * (C * K * K) + c[None, :] * (K * K) + t2, dw, mask=(t2 < K * K) & cm[None, :])
 
 
 @triton.jit
 def _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph: tl.constexpr, pw: tl.constexpr,
             HO: tl.constexpr, WO: tl.constexpr, SYH: tl.constexpr, SYW: tl.constexpr, SWT: tl.constexpr,
-            K: tl.constexpr, S: tl.constexpr, PER_THREAD: tl.constexpr):
-    """Kernel row a's taps for parity class (ph, pw) of _bwd_dx: dx into acc, dW products into dw."""
+            K: tl.constexpr, S: tl.constexpr):
+    """Kernel row a's taps for parity class (ph, pw) of _bwd_dx: dx into acc, dW tile sums into dw."""
     PAD: tl.constexpr = K // 2
     di = (ph + PAD - a) // S
     ii = i + di
@@ -497,10 +509,7 @@ def _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph: tl.constexpr, pw: t
             m = _tile_mask3(rm & ((jj >= 0) & (jj < WO)), tcm)
             g = tl.load(ga + (pw + PAD - b) // S * SYW, mask=m, other=0.0).to(tl.float32)
             acc += g * _load_channels(wa + b * SWT, tcm)[None, None, :]
-            if PER_THREAD:
-                dw += tl.where(taps == a * K + b, tl.sum(g * xv, axis=0)[None, :, :], 0.0)
-            else:
-                dw += tl.where(taps == a * K + b, tl.sum(tl.sum(g * xv, axis=0), axis=0)[None, :], 0.0)
+            dw += tl.where(taps == a * K + b, tl.sum(tl.sum(g * xv, axis=0), axis=0)[None, :], 0.0)
     return acc, dw
 
 
@@ -527,27 +536,29 @@ def _bwd_final(pdw_ptr, pdb_ptr, pdg_ptr, dw_ptr, db_ptr, dg_ptr, NC,
 @dataclass(frozen=True)
 class Plan:
     """How one call is tiled: BLOCK_P positions x BLOCK_C channels per tile, `chunks`
-    ranges of `chunk_p` positions each (a multiple of BLOCK_P), one program per
-    (channel block, chunk)."""
+    ranges of `chunk_p` positions each (a multiple of BLOCK_P). The chunks fix the
+    reduction order; a kernel's grid is (channel blocks, programs), each program
+    walking every programs-th chunk, `programs` set at launch from occupancy
+    unless fixed here."""
     block_p: int
     block_c: int
     chunks: int
     chunk_p: int
     num_warps: int
+    programs: int | None = None
 
     @property
     def nc_pad(self) -> int:
         return triton.next_power_of_2(self.chunks)
 
     def dx_tile(self, itemsize: int) -> tuple[int, int]:
-        """(BLOCK_P, TP) of B3. Its tiles are [4, TP, BLOCK_C], TP positions spanning the
+        """(BLOCK_P, TP) of B3. Its tiles are [E, TP, BLOCK_C], TP positions spanning the
         threads the channel vectors leave, so the first axis lies within each thread and
-        dW products are summed there before crossing threads: once per program with one
-        channel per program, once per tap and tile with channel vectors. Four rows keep
-        K = 9 within the registers."""
+        each tap's dW products are summed there before crossing threads. E = 4 with one
+        channel per program; 2 with channel vectors, whose K = 9 tiles spill at 4."""
         lanes_c = max(1, self.block_c // max(1, 16 // itemsize))
         tp = max(1, min(self.block_p, 32 * self.num_warps // lanes_c))
-        return 4 * tp, tp
+        return (4 if self.block_c == 1 else 2) * tp, tp
 
     def meta(self, C: int) -> dict:
         """Launch parameters shared by the tiled kernels."""
@@ -555,24 +566,15 @@ class Plan:
                     num_warps=self.num_warps)
 
 
-_SM_COUNT: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM_COUNT[device]
-
-
 def plan(x: torch.Tensor, positions: int, channels_last: bool, *, block_p: int | None = None,
-         block_c: int | None = None, chunks: int | None = None) -> Plan:
+         block_c: int | None = None, chunks: int | None = None, programs: int | None = None) -> Plan:
     """The tiling for x with `positions` = N * Ho * Wo outputs per channel.
 
-    block_p, block_c and chunks override the heuristics (tests use them to
-    exercise several tiles, channel blocks and chunks on small inputs);
-    block_p and block_c must be powers of two.
+    It depends on the shape, layout and dtype only, never on the device, so
+    results are the same on every GPU. block_p, block_c, chunks and programs
+    override the heuristics (tests use them to exercise several tiles, channel
+    blocks, chunks and programs on small inputs); block_p and block_c must be
+    powers of two.
     """
     C = x.shape[1]
     if block_c is None:
@@ -585,20 +587,64 @@ def plan(x: torch.Tensor, positions: int, channels_last: bool, *, block_p: int |
             block_p = min(4096, triton.next_power_of_2(positions))
     block_p = max(block_p, 16)
     tiles = triton.cdiv(positions, block_p)
-    if chunks is None:
-        channel_blocks = triton.cdiv(C, block_c)
-        chunks = 1 if INTERPRET else triton.cdiv(PROGRAMS_PER_SM * _sm_count(x.device), channel_blocks)
-        chunks = min(chunks, MAX_CHUNKS)
-    chunks = max(1, min(chunks, tiles))
+    chunks = max(1, min(MAX_CHUNKS if chunks is None else chunks, tiles))
     tiles_per_chunk = triton.cdiv(tiles, chunks)
     chunks = triton.cdiv(tiles, tiles_per_chunk)
-    return Plan(block_p, block_c, chunks, tiles_per_chunk * block_p, num_warps=4)
+    return Plan(block_p, block_c, chunks, tiles_per_chunk * block_p, num_warps=4, programs=programs)
+
+
+_RESIDENT: dict = {}
+
+
+def _resident_programs(kernel, x: torch.Tensor, args: tuple, meta: dict) -> int:
+    """Programs of `kernel`, so specialised, the device runs at once: SM count x the
+    programs one SM holds by the compiled kernel's registers, shared memory and
+    threads (ESTIMATED_PROGRAMS_PER_SM where Triton does not report them). 1 off
+    CUDA, where the interpreter pays per program."""
+    if not x.is_cuda:
+        return 1
+    key = (kernel.fn.__name__, x.device, tuple(sorted(meta.items())),
+           tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+    if key not in _RESIDENT:
+        props = torch.cuda.get_device_properties(x.device)
+        per_sm = ESTIMATED_PROGRAMS_PER_SM
+        compiled = kernel.warmup(*args, grid=(1, 1), **meta, **LAUNCH_OPTIONS)
+        compiled._init_handles()  # loads the module; n_regs is known only after
+        n_regs, shared = getattr(compiled, "n_regs", 0), compiled.metadata.shared
+        if n_regs:
+            warps = compiled.metadata.num_warps
+            regs_per_warp = triton.cdiv(n_regs * 32, 256) * 256  # allocated per warp, in units of 256
+            per_sm = min(getattr(props, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps),
+                         getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps),
+                         getattr(props, "shared_memory_per_multiprocessor", 2**30) // max(shared, 1), 32)
+        _RESIDENT[key] = props.multi_processor_count * max(1, per_sm)
+    return _RESIDENT[key]
+
+
+def _launch(kernel, call: "_Call", *args, **meta) -> None:
+    """kernel over (channel blocks, programs), with LAUNCH_OPTIONS."""
+    p = call.plan
+    programs = p.programs or triton.cdiv(_resident_programs(kernel, call.x, args, meta), call.grid[0])
+    kernel[(call.grid[0], max(1, min(programs, p.chunks)))](*args, **meta, **LAUNCH_OPTIONS)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return torch.contiguous_format
     return torch.channels_last
+
+
+def compute_format(x: torch.Tensor, layout: str | None = None) -> torch.memory_format:
+    """The layout the kernels run x in: channels_last input stays so, NCHW input is
+    converted when it has CHANNELS_LAST_MIN_C channels or more (a full channel vector).
+    layout "nchw" or "channels_last" forces one (tests)."""
+    if layout not in (None, "nchw", "channels_last"):
+        raise ValueError(f"layout must be None, 'nchw' or 'channels_last'; got {layout!r}")
+    if layout is None:
+        channels_last = _memory_format(x) == torch.channels_last or x.shape[1] >= CHANNELS_LAST_MIN_C
+    else:
+        channels_last = layout == "channels_last"
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, stride: int, activation: str) -> None:
@@ -611,23 +657,34 @@ def _check(x: torch.Tensor, weight: torch.Tensor, stride: int, activation: str) 
         raise ValueError(f"stride must be 1 or 2; got {stride}")
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}; got {activation!r}")
+    N, C, H, W = x.shape
+    positions = N * ((H - 1) // stride + 1) * ((W - 1) // stride + 1)
+    if positions >= INDEX_LIMIT:
+        raise ValueError(f"x {tuple(x.shape)} with stride {stride} has {positions} output positions per channel; "
+                         f"the Triton kernels index them in 32 bits (< 2**31): split the batch")
+    if C * H * W >= INDEX_LIMIT:
+        raise ValueError(f"x {tuple(x.shape)} has {C * H * W} elements per sample; the Triton kernels index a "
+                         f"sample in 32 bits (< 2**31): use fewer channels or smaller planes")
 
 
 @dataclass
 class _Call:
     """What the kernels of one forward or backward call share."""
-    x: torch.Tensor
-    fmt: torch.memory_format
+    x: torch.Tensor  # in the compute layout
+    fmt: torch.memory_format  # the compute layout
+    out_fmt: torch.memory_format  # the caller's layout, that y and dx are returned in
     weight: torch.Tensor  # float32, (C, K*K) or, channels_last, (K*K, C)
     plan: Plan
     args: dict  # compile-time shape, stride and tiling arguments
-    grid: tuple
+    grid: tuple  # (channel blocks, chunks)
     positions: int
 
 
 def _prepare(x, weight, stride: int, activation: str, tiling: dict) -> _Call:
     _check(x, weight, stride, activation)
-    fmt = _memory_format(x)
+    out_fmt = _memory_format(x)
+    tiling = dict(tiling)
+    fmt = compute_format(x, tiling.pop("layout", None))
     channels_last = fmt == torch.channels_last
     x = x.contiguous(memory_format=fmt)
     N, C, H, W = x.shape
@@ -639,10 +696,11 @@ def _prepare(x, weight, stride: int, activation: str, tiling: dict) -> _Call:
     swc, swt = (1, C) if channels_last else (K * K, 1)
     p = plan(x, N * Ho * Wo, channels_last, **tiling)
     out_strides = torch.empty((N, C, Ho, Wo), device="meta", memory_format=fmt).stride()
-    args = dict(C=C, H=H, W=W, HO=Ho, WO=Wo, K=K, S=stride, SWC=swc, SWT=swt, BIG=x.numel() >= 2**31, **p.meta(C))
+    args = dict(C=C, H=H, W=W, HO=Ho, WO=Wo, K=K, S=stride, SWC=swc, SWT=swt, BIG=x.numel() >= INDEX_LIMIT,
+                **p.meta(C))
     args.update({f"SX{d}": st for d, st in zip("NCHW", x.stride())})
     args.update({f"SY{d}": st for d, st in zip("NCHW", out_strides)})
-    return _Call(x, fmt, weight, p, args, (triton.cdiv(C, p.block_c), p.chunks), N * Ho * Wo)
+    return _Call(x, fmt, out_fmt, weight, p, args, (triton.cdiv(C, p.block_c), p.chunks), N * Ho * Wo)
 
 
 def _device_guard(x: torch.Tensor):
@@ -657,7 +715,8 @@ def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stride: in
             activation: str, **tiling):
     """(y, save_mean, save_var) per compiled_op.py's schema; y in x's dtype and memory format.
 
-    tiling: block_p, block_c, chunks overrides for `plan` (tests)."""
+    tiling: block_p, block_c, chunks, programs overrides for `plan`, and layout for
+    `compute_format` (tests)."""
     call = _prepare(x, weight, stride, activation, tiling)
     x, p, NP = call.x, call.plan, call.positions
     N, C = x.shape[:2]
@@ -669,20 +728,21 @@ def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stride: in
         if training:
             pmean = torch.empty((p.chunks, C), dtype=torch.float32, device=x.device)
             pm2 = torch.empty_like(pmean)
-            _fwd_stats[call.grid](x, call.weight, pmean, pm2, NP, p.chunk_p, **_without_outputs(call.args))
+            _launch(_fwd_stats, call, x, call.weight, pmean, pm2, NP, p.chunks, p.chunk_p,
+                    **_without_outputs(call.args))
         else:
             pmean = pm2 = save_mean  # not read in eval
-        _fwd_apply[call.grid](x, call.weight, y, bn_weight, bn_bias, running_mean, running_var, pmean, pm2,
-                              save_mean, save_var, eps, NP, p.chunks, p.chunk_p, **call.args,
-                              TRAINING=training, ACT=ACTIVATION_CODES[activation], REVERSE=training, NC_PAD=p.nc_pad)
-    return y, save_mean, save_var
+        _launch(_fwd_apply, call, x, call.weight, y, bn_weight, bn_bias, running_mean, running_var, pmean, pm2,
+                save_mean, save_var, eps, NP, p.chunks, p.chunk_p, **call.args,
+                TRAINING=training, ACT=ACTIVATION_CODES[activation], REVERSE=training, NC_PAD=p.nc_pad)
+    return y.contiguous(memory_format=call.out_fmt), save_mean, save_var
 
 
 def backward(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride: int, training: bool, eps: float,
              activation: str, **tiling):
     """(dx, dweight, dbn_weight, dbn_bias) per compiled_op.py's schema; dx in x's dtype and memory format.
 
-    tiling: block_p, block_c, chunks overrides for `plan` (tests)."""
+    tiling: as for `forward`."""
     call = _prepare(x, weight, stride, activation, tiling)
     x, p, NP, args = call.x, call.plan, call.positions, call.args
     N, C = x.shape[:2]
@@ -701,15 +761,15 @@ def backward(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride: int
     kk_pad = triton.next_power_of_2(K * K)
     with _device_guard(x):
         if training:
-            _bwd_stats[call.grid](x, call.weight, dy, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps, NP,
-                                  p.chunk_p, **args, ACT=act)
-        _bwd_dz[call.grid](x, call.weight, dy, dz, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps, NP,
-                           p.chunks, p.chunk_p, **args, TRAINING=training, ACT=act, REVERSE=training,
-                           NC_PAD=p.nc_pad)
+            _launch(_bwd_stats, call, x, call.weight, dy, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps,
+                    NP, p.chunks, p.chunk_p, **args, ACT=act)
+        _launch(_bwd_dz, call, x, call.weight, dy, dz, bn_weight, bn_bias, save_mean, save_var, pdb, pdg, eps, NP,
+                p.chunks, p.chunk_p, **args, TRAINING=training, ACT=act, REVERSE=training, NC_PAD=p.nc_pad)
         dx_block, dx_tp = p.dx_tile(x.element_size())
-        _bwd_dx[call.grid](dz, x, call.weight, dx, pdw, NP, p.chunk_p, **{**args, "BLOCK_P": dx_block},
-                           KK_PAD=kk_pad, TP=dx_tp)
+        _launch(_bwd_dx, call, dz, x, call.weight, dx, pdw, NP, p.chunks, p.chunk_p,
+                **{**args, "BLOCK_P": dx_block}, KK_PAD=kk_pad, TP=dx_tp)
         final_block = min(32, triton.next_power_of_2(C))
         _bwd_final[(triton.cdiv(C, final_block),)](pdw, pdb, pdg, dweight, dbeta, dgamma, p.chunks, C=C, KK=K * K,
-                                                   KK_PAD=kk_pad, NC_PAD=p.nc_pad, BLOCK_C=final_block)
-    return dx, dweight, dgamma, dbeta
+                                                   KK_PAD=kk_pad, NC_PAD=p.nc_pad, BLOCK_C=final_block,
+                                                   **LAUNCH_OPTIONS)
+    return dx.contiguous(memory_format=call.out_fmt), dweight, dgamma, dbeta

@@ -142,3 +142,115 @@ def test_cpu_listing_needs_interpreter():
     pytest.importorskip("triton")
     assert "triton" in _backends_in_subprocess(interpret=True)
     assert "triton" not in _backends_in_subprocess(interpret=False)
+
+
+
+def _errors_at_large_plane(fk, case, offset, tiling):
+    """Relative RMS errors of the kernels and of float32 `reference`, each against float64, on
+    one-path `case` with x shifted by `offset` (a mean far from zero, as after a ReLU): y, the
+    batch mean and variance, and every gradient."""
+    from mixpath.ops.testing import make_inputs, oracle, relative_errors, run_case
+    inputs = make_inputs(case)
+    inputs["x"] = inputs["x"] + offset
+    truth = oracle(inputs, case)
+    base = run_case("reference", inputs, case, poison=False)
+    weight = inputs["weights"][0][:, 0]
+    args = (inputs["bn_weight"], inputs["bn_bias"], inputs["running_mean"], inputs["running_var"], case.stride)
+    y, mean, var = fk.forward(inputs["x"], weight, *args, True, case.eps, case.activation, **tiling)
+    dx, dw, dg, db = fk.backward(inputs["dy"], inputs["x"], weight, *args[:2], mean, var, case.stride, True,
+                                 case.eps, case.activation, **tiling)
+    got = {"y": y, "dx": dx, f"dw{case.kernels[0]}": dw[:, None], "dbn_weight": dg, "dbn_bias": db,
+           "mean": mean, "var": var}
+    # batch statistics: float64 and float32 (the reference's own) from the conv output
+    conv = lambda x, w: F.conv2d(x, w, stride=case.stride, padding=w.shape[-1] // 2, groups=case.C)
+    z64, z32 = conv(inputs["x"].double(), inputs["weights"][0].double()), conv(inputs["x"], inputs["weights"][0])
+    truth.update(mean=z64.mean((0, 2, 3)), var=z64.var((0, 2, 3), unbiased=False))
+    base.update(mean=z32.mean((0, 2, 3)).double(), var=z32.var((0, 2, 3), unbiased=False).double())
+    truth = {k: truth[k] for k in got}
+    return relative_errors({k: v.double() for k, v in got.items()}, truth), relative_errors(base, truth)
+
+
+def test_large_plane_with_large_mean_matches_reference_accuracy():
+    """(2, 2, 224, 224) inputs of mean 3, in the tiles of the interpreter's plan: every output
+    within 2x the float32 reference's error + floor; the batch mean and variance within 2x + 1e-7.
+    A running mean updated tile by tile (the previous kernels) rounds by eps * |mean| per tile:
+    5.7x the reference's error in the mean, 11x in the variance, 5.3x in y."""
+    from mixpath.ops.testing import ERROR_FLOOR, ERROR_RATIO, OpCase
+    require_triton("cpu")
+    case = OpCase(N=2, C=2, H=224, W=224, kernels=(3,), activation="relu6")
+    err, base = _errors_at_large_plane(kernels(), case, 3.0, {})
+    for k in err:
+        floor = 1e-7 if k in ("mean", "var") else ERROR_FLOOR[torch.float32]
+        assert err[k] <= ERROR_RATIO * base[k] + floor, (k, err[k], base[k])
+
+
+def test_every_launch_asks_for_fp_fusion(monkeypatch):
+    """Each kernel launch passes LAUNCH_OPTIONS (enable_fp_fusion=True) explicitly."""
+    require_triton("cpu")
+    fk = kernels()
+    seen = []
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((self.name, kwargs.get("enable_fp_fusion")))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    names = ["_fwd_stats", "_fwd_apply", "_bwd_stats", "_bwd_dz", "_bwd_dx", "_bwd_final"]
+    for name in names:
+        monkeypatch.setattr(fk, name, Recorder(name, getattr(fk, name)))
+    t = make(2, 3, 5, 5, 3, False, "cpu")
+    run_kernels(t, torch.randn(2, 3, 5, 5), 1, True, 1e-5, "relu6")
+    assert fk.LAUNCH_OPTIONS == {"enable_fp_fusion": True}
+    assert sorted(name for name, _ in seen) == sorted(names) and all(fusion is True for _, fusion in seen), seen
+
+
+@pytest.mark.parametrize("shape,stride,problem", [
+    ((2**16, 1, 2**8, 2**7), 1, "output positions per channel"),
+    ((1, 2**15, 2**8, 2**8), 2, "elements per sample"),
+])
+def test_32_bit_index_guard(shape, stride, problem):
+    """Shapes whose positions or per-sample offsets overflow int32 stop with a one-line ValueError."""
+    require_triton("cpu")
+    x = torch.zeros(1).expand(*shape)  # no memory behind it: the check comes before any copy
+    weight = torch.zeros(shape[1], 3, 3)
+    c = torch.zeros(shape[1])
+    with pytest.raises(ValueError, match=problem + r".*2\*\*31"):
+        kernels().forward(x, weight, c, c, c, c + 1, stride, True, 1e-5, "none")
+
+
+def test_nchw_runs_in_channels_last_from_16_channels(device):
+    """NCHW input with >= 16 channels runs the channels_last kernels: results bit-identical to
+    channels_last input, returned in NCHW; forcing the NCHW kernels agrees to rounding."""
+    require_triton(device)
+    fk = kernels()
+    t = make(2, 16, 6, 5, 3, False, device, offset=1.0)
+    dy = torch.randn(2, 16, 6, 5, generator=torch.Generator().manual_seed(3)).to(device)
+    assert fk.compute_format(t["x"]) == torch.channels_last
+    assert fk.compute_format(t["x"][:, :15]) == torch.contiguous_format
+    nchw = run_kernels(t, dy, 1, True, 1e-5, "relu6")
+    cl = run_kernels({**t, "x": t["x"].contiguous(memory_format=torch.channels_last)},
+                     dy.contiguous(memory_format=torch.channels_last), 1, True, 1e-5, "relu6")
+    native = run_kernels(t, dy, 1, True, 1e-5, "relu6", layout="nchw")
+    for key in ("y", "dx"):
+        assert nchw[key].is_contiguous() and cl[key].is_contiguous(memory_format=torch.channels_last), key
+    for key in nchw:
+        assert torch.equal(nchw[key], cl[key]), key
+        torch.testing.assert_close(native[key], nchw[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_program_count_leaves_results_unchanged(device):
+    """The grid (programs per channel block, set from occupancy on a GPU) only schedules the
+    fixed chunks: 1 or 3 programs over 5 chunks give bit-identical results."""
+    require_triton(device)
+    t = make(2, 3, 9, 8, 5, False, device)
+    dy = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(4)).to(device)
+    runs = [run_kernels(t, dy, 1, True, 1e-5, "relu", block_p=32, chunks=5, programs=k) for k in (1, 3)]
+    assert kernels().plan(t["x"], 2 * 9 * 8, False, block_p=32, chunks=5).chunks == 5
+    for other in runs[1:]:
+        for key in runs[0]:
+            assert torch.equal(runs[0][key], other[key]), key

@@ -4,7 +4,9 @@ The two ops are torch.library custom ops (opaque to torch.compile, which sees
 their fake kernels); compiled_op.register adds fakes and autograd. A missing or
 broken Triton leaves `import mixpath` working, with the reason kept for
 `backend_status()`. On CPU tensors the kernels run only under TRITON_INTERPRET=1,
-which must be set before this module is first imported.
+which must be set before this module is first imported. The kernels run NCHW
+input with 16 or more channels in channels_last (converting x in and y, dx
+back) and return x's layout; see "Layout" in mixpath.kernels.fused_dwconv_bn.
 """
 from __future__ import annotations
 
