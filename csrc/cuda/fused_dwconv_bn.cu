@@ -113,6 +113,23 @@ cudaError_t allow_smem(const void* kernel, size_t smem) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBudget));
 }
 
+int wave_slots(int64_t groups, int64_t items, int per_sm, int num_sms) {
+  const int64_t wave = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * num_sms);
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(items, 4 * wave / std::max<int64_t>(groups, 1)));
+  int64_t best = 1, best_time = -1;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t blocks = groups * s, waves = ceil_div(blocks, wave);
+    if (s > 1 && waves > 1 && 2 * (blocks - (waves - 1) * wave) < wave) continue;
+    // In units of an item; + 1: a block's set-up and prologue cost about one.
+    const int64_t time = waves * (ceil_div(items, s) + 1);
+    if (best_time < 0 || time < best_time) {
+      best = s;
+      best_time = time;
+    }
+  }
+  return static_cast<int>(best);
+}
+
 int resident_blocks(const void* kernel, int threads, size_t smem) {
   // Cached per device and launch shape: plans are made twice per op (workspace size, launch).
   using Key = std::tuple<int, const void*, int, size_t>;

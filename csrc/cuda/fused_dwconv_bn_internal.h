@@ -39,6 +39,12 @@ cudaError_t launch_backward_finish(const float* grad_part, int grad_slots, const
 // Blocks of `threads` threads and `smem` bytes resident per multiprocessor (at least 1).
 int resident_blocks(const void* kernel, int threads, size_t smem);
 
+// Blocks per channel group (partial-sum slots) for `groups` groups of `items`
+// equal items: the count whose whole waves of per_sm * num_sms resident blocks
+// finish first, never with a mostly empty last wave (with equal work per
+// block that tail nearly doubles a kernel's time).
+int wave_slots(int64_t groups, int64_t items, int per_sm, int num_sms);
+
 // Allows `kernel` up to kSmemBudget of dynamic shared memory when `smem` needs more than 48 KB.
 cudaError_t allow_smem(const void* kernel, size_t smem);
 

@@ -3,7 +3,7 @@
 //
 // Grid and blocks. A block (up to 192 threads) owns G consecutive channels (a
 // "channel group") and one of `slots` partial-sum slots: grid = groups x slots,
-// slots chosen so the grid is about one wave of resident blocks. It walks the
+// slots chosen so the grid runs in whole waves of resident blocks (wave_slots). It walks the
 // items (n, tile) number slot, slot + slots, ... A tile is a TH x TW patch of
 // output positions. When a whole plane fits in shared memory (every layer of
 // the target networks) the tile is the plane, and an item's x, dy, y and dx
@@ -992,8 +992,7 @@ PlanarPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* k
 
   const int per_sm = resident_blocks(kernel, plan.threads, plan.smem);
   const int64_t items = static_cast<int64_t>(a.N) * a.NT;
-  a.slots = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(items, ceil_div(static_cast<int64_t>(per_sm) * num_sms, a.CG))));
+  a.slots = wave_slots(a.CG, items, per_sm, num_sms);
   plan.blocks = a.CG * a.slots;
   plan.ok = true;
   return plan;
@@ -1019,7 +1018,9 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
   a.var = fa.var;
   a.save_mean = fa.save_mean;
   a.save_var = fa.save_var;
-  cudaError_t err;
+  // Explicitly, per launch: the occupancy query's opt-in is cached and would not repeat.
+  cudaError_t err = allow_smem(kernel, plan.smem);
+  if (err != cudaSuccess) return err;
   if (s.training) {
     a.part = workspace;
     a.reverse = 0;
@@ -1060,6 +1061,9 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
     a->beta = ba.beta;
     a->mean = ba.save_mean;
     a->var = ba.save_var;
+  }
+  if ((err = allow_smem(fwd_kernel, p1.smem)) != cudaSuccess || (err = allow_smem(bwd_kernel, p3.smem)) != cudaSuccess) {
+    return err;
   }
   p1.a.part = grad_part;
   p1.a.reverse = 0;

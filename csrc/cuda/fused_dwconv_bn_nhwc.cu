@@ -715,8 +715,7 @@ NhwcPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* ker
 
   const int per_sm = resident_blocks(kernel, plan.threads, plan.smem);
   const int64_t items = static_cast<int64_t>(a.N) * a.NT;
-  a.slots = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(items, ceil_div(static_cast<int64_t>(per_sm) * num_sms, a.CBG))));
+  a.slots = wave_slots(a.CBG, items, per_sm, num_sms);
   plan.blocks = a.CBG * a.slots;
   plan.ok = true;
   return plan;
@@ -752,7 +751,9 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
   a.var = fa.var;
   a.save_mean = fa.save_mean;
   a.save_var = fa.save_var;
-  cudaError_t err;
+  // Explicitly, per launch: the occupancy query's opt-in is cached and would not repeat.
+  cudaError_t err = allow_smem(kernel, plan.smem);
+  if (err != cudaSuccess) return err;
   if (s.training) {
     a.part = workspace;
     a.reverse = 0;
@@ -794,11 +795,14 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
     a->mean = ba.save_mean;
     a->var = ba.save_var;
   }
+  cudaError_t err;
+  if ((err = allow_smem(fwd_kernel, p1.smem)) != cudaSuccess || (err = allow_smem(bwd_kernel, p3.smem)) != cudaSuccess) {
+    return err;
+  }
   p1.a.part = grad_part;
   p1.a.reverse = 0;
   nhwc_forward_kernel<K, S><<<p1.blocks, p1.threads, p1.smem, stream>>>(p1.a, kGradStats);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
   NhwcArgs& a = p3.a;
   a.part_in = grad_part;
   a.in_slots = grad_slots;

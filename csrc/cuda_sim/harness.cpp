@@ -1,0 +1,383 @@
+// Runs the CUDA kernels' host interface (csrc/cuda/fused_dwconv_bn_kernels.h)
+// on cases read from stdin, one a line, against a float64 recomputation of
+// the op, and prints one line of results per case. Built two ways: as host
+// C++ on the CPU simulator (build.py; several seeded interleavings per case)
+// or by nvcc for a GPU (benchmarks/gpu_check.sh; repeated runs).
+//
+// Case: N C H W K stride dtype(f32|f16|bf16) layout(nchw|nhwc) mode(train|eval)
+//       act(relu6|relu|none) runs offset sms   (offset: added to x; sms 0: the device's)
+// Result: ok <case> y=E mean=E var=E dx=E dw=E dgamma=E dbeta=E identical=0|1
+//         launches=name/blocks/threads/smem/resident;...   (simulator only)
+// or:     error <case> <why>
+// Each E is a normalised max error: by max |ref| (y, dx), by the scale of a
+// float32 sum of the terms (dw: sum |dz * x| per tap; dgamma, dbeta: sum of
+// |terms| per channel), by the standard deviation (mean), relative (var).
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fused_dwconv_bn_kernels.h"
+#ifdef MIXPATH_CUDA_SIM
+#include "sim_control.h"
+#endif
+
+namespace ck = mixpath::cuda_kernels;
+
+namespace {
+
+struct Case {
+  long N, C, H, W;
+  int K, stride;
+  ck::DType dtype;
+  bool channels_last, training;
+  ck::Activation act;
+  int runs;
+  double offset;
+  int sms;
+};
+
+bool parse(const std::string& line, Case* c, std::string* why) {
+  std::istringstream in(line);
+  std::string dtype, layout, mode, act;
+  if (!(in >> c->N >> c->C >> c->H >> c->W >> c->K >> c->stride >> dtype >> layout >> mode >> act >> c->runs >>
+        c->offset >> c->sms)) {
+    *why = "expected: N C H W K stride dtype layout mode act runs offset sms";
+    return false;
+  }
+  c->dtype = dtype == "f32" ? ck::DType::kFloat32 : dtype == "f16" ? ck::DType::kFloat16 : ck::DType::kBFloat16;
+  if (dtype != "f32" && dtype != "f16" && dtype != "bf16") return *why = "dtype must be f32, f16 or bf16", false;
+  c->channels_last = layout == "nhwc";
+  c->training = mode == "train";
+  c->act = act == "relu6" ? ck::Activation::kReLU6 : act == "relu" ? ck::Activation::kReLU : ck::Activation::kNone;
+  c->runs = std::max(c->runs, 1);
+  return true;
+}
+
+// Deterministic uniform numbers in [lo, hi).
+struct Rng {
+  uint64_t s;
+  double next(double lo, double hi) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return lo + (hi - lo) * static_cast<double>(s >> 11) * (1.0 / 9007199254740992.0);
+  }
+};
+
+// A tensor of x's dtype on the host: raw 16- or 32-bit values.
+struct Raw {
+  ck::DType dtype;
+  std::vector<unsigned char> bytes;
+  size_t width() const { return dtype == ck::DType::kFloat32 ? 4 : 2; }
+  Raw(ck::DType d, size_t n) : dtype(d), bytes(n * (d == ck::DType::kFloat32 ? 4 : 2)) {}
+  // Stores v rounded to the dtype; returns the stored value.
+  double put(size_t i, double v) {
+    const float f = static_cast<float>(v);
+    if (dtype == ck::DType::kFloat32) {
+      std::memcpy(&bytes[4 * i], &f, 4);
+      return f;
+    }
+    unsigned short u;
+    if (dtype == ck::DType::kFloat16) {
+      const __half h = __float2half_rn(f);
+      std::memcpy(&u, &h, 2);
+    } else {
+      const __nv_bfloat16 b = __float2bfloat16_rn(f);
+      std::memcpy(&u, &b, 2);
+    }
+    std::memcpy(&bytes[2 * i], &u, 2);
+    return get(i);
+  }
+  double get(size_t i) const {
+    if (dtype == ck::DType::kFloat32) {
+      float f;
+      std::memcpy(&f, &bytes[4 * i], 4);
+      return f;
+    }
+    unsigned short u;
+    std::memcpy(&u, &bytes[2 * i], 2);
+    if (dtype == ck::DType::kBFloat16) {
+      const unsigned bits = static_cast<unsigned>(u) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+    __half h;
+    std::memcpy(&h, &u, 2);
+    return __half2float(h);
+  }
+};
+
+struct Device {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Device(size_t n) : bytes(n) {
+    if (n != 0 && cudaMalloc(&p, n) != cudaSuccess) p = nullptr;
+  }
+  ~Device() { cudaFree(p); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  void upload(const void* src) const { cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice); }
+  void poison() const { cudaMemset(p, 0xff, bytes); }  // NaN in every dtype: unwritten output shows
+  std::vector<unsigned char> download() const {
+    std::vector<unsigned char> h(bytes);
+    cudaMemcpy(h.data(), p, bytes, cudaMemcpyDeviceToHost);
+    return h;
+  }
+  float* f() const { return static_cast<float*>(p); }
+};
+
+double act_fwd(double u, ck::Activation a) {
+  if (a == ck::Activation::kReLU6) return std::min(std::max(u, 0.0), 6.0);
+  if (a == ck::Activation::kReLU) return std::max(u, 0.0);
+  return u;
+}
+double act_grad(double u, double g, ck::Activation a) {
+  if (a == ck::Activation::kReLU6) return (u > 0 && u < 6) ? g : 0;
+  if (a == ck::Activation::kReLU) return u > 0 ? g : 0;
+  return g;
+}
+
+std::vector<float> floats(const std::vector<unsigned char>& b) {
+  std::vector<float> f(b.size() / 4);
+  std::memcpy(f.data(), b.data(), f.size() * 4);
+  return f;
+}
+
+std::string run_case(const Case& c) {
+  const long N = c.N, C = c.C, H = c.H, W = c.W, K = c.K, S = c.stride, P = K / 2;
+  const long Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
+  const float eps = 1e-5f;
+  const ck::OpShape shape{N, C, H, W, c.K, c.stride, c.dtype, c.channels_last, c.training, c.act, eps};
+  if (const char* why = ck::unsupported_reason(shape)) return std::string("unsupported: ") + why;
+  auto in_at = [&](long n, long ch, long h, long w) {
+    return static_cast<size_t>(c.channels_last ? ((n * H + h) * W + w) * C + ch : ((n * C + ch) * H + h) * W + w);
+  };
+  auto out_at = [&](long n, long ch, long i, long j) {
+    return static_cast<size_t>(c.channels_last ? ((n * Ho + i) * Wo + j) * C + ch : ((n * C + ch) * Ho + i) * Wo + j);
+  };
+
+  // Inputs, rounded to their dtypes; the recomputation uses the rounded values.
+  Rng rng{0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(N * 131 + C * 31 + H * 7 + W + K * 1009 + S)};
+  Raw x(c.dtype, N * C * H * W), dy(c.dtype, N * C * Ho * Wo);
+  std::vector<double> xd(N * C * H * W), dyd(N * C * Ho * Wo);
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long h = 0; h < H; ++h)
+        for (long w = 0; w < W; ++w) {
+          const size_t i = ((n * C + ch) * H + h) * W + w;
+          xd[i] = x.put(in_at(n, ch, h, w), c.offset + rng.next(-1, 1));
+        }
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long i = 0; i < Ho; ++i)
+        for (long j = 0; j < Wo; ++j) dyd[((n * C + ch) * Ho + i) * Wo + j] = dy.put(out_at(n, ch, i, j), rng.next(-1, 1));
+  std::vector<float> wt(C * K * K), gamma(C), beta(C), rmean(C), rvar(C);
+  for (auto& v : wt) v = static_cast<float>(rng.next(-1, 1) / K);
+  for (long ch = 0; ch < C; ++ch) {
+    gamma[ch] = static_cast<float>(rng.next(0.5, 1.5));
+    beta[ch] = static_cast<float>(rng.next(-0.5, 0.5));
+    rmean[ch] = static_cast<float>(c.offset * 0.1 + rng.next(-0.2, 0.2));
+    rvar[ch] = static_cast<float>(rng.next(0.2, 0.6));
+  }
+
+  // float64 recomputation.
+  const double M = static_cast<double>(N * Ho * Wo);
+  std::vector<double> z(N * C * Ho * Wo);
+  auto xat = [&](long n, long ch, long h, long w) {
+    return (h < 0 || h >= H || w < 0 || w >= W) ? 0.0 : xd[((n * C + ch) * H + h) * W + w];
+  };
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long i = 0; i < Ho; ++i)
+        for (long j = 0; j < Wo; ++j) {
+          double s = 0;
+          for (long a = 0; a < K; ++a)
+            for (long b = 0; b < K; ++b) s += wt[(ch * K + a) * K + b] * xat(n, ch, S * i + a - P, S * j + b - P);
+          z[((n * C + ch) * Ho + i) * Wo + j] = s;
+        }
+  std::vector<double> mean(C), var(C), yref(N * C * Ho * Wo), dz(N * C * Ho * Wo), dbeta(C), dgamma(C), sdb(C), sdg(C);
+  for (long ch = 0; ch < C; ++ch) {
+    double m = rmean[ch], v = rvar[ch];
+    if (c.training) {
+      double s = 0, s2 = 0;
+      for (long n = 0; n < N; ++n)
+        for (long p = 0; p < Ho * Wo; ++p) s += z[(n * C + ch) * Ho * Wo + p];
+      m = s / M;
+      for (long n = 0; n < N; ++n)
+        for (long p = 0; p < Ho * Wo; ++p) s2 += (z[(n * C + ch) * Ho * Wo + p] - m) * (z[(n * C + ch) * Ho * Wo + p] - m);
+      v = s2 / M;
+    }
+    mean[ch] = m;
+    var[ch] = v;
+    const double inv = 1 / std::sqrt(v + eps);
+    std::vector<double> du(N * Ho * Wo), xh(N * Ho * Wo);
+    for (long n = 0; n < N; ++n)
+      for (long p = 0; p < Ho * Wo; ++p) {
+        const size_t i = (n * C + ch) * Ho * Wo + p;
+        xh[n * Ho * Wo + p] = (z[i] - m) * inv;
+        const double u = gamma[ch] * xh[n * Ho * Wo + p] + beta[ch];
+        yref[i] = act_fwd(u, c.act);
+        du[n * Ho * Wo + p] = act_grad(u, dyd[i], c.act);
+        dbeta[ch] += du[n * Ho * Wo + p];
+        dgamma[ch] += du[n * Ho * Wo + p] * xh[n * Ho * Wo + p];
+        sdb[ch] += std::fabs(du[n * Ho * Wo + p]);
+        sdg[ch] += std::fabs(du[n * Ho * Wo + p] * xh[n * Ho * Wo + p]);
+      }
+    for (long n = 0; n < N; ++n)
+      for (long p = 0; p < Ho * Wo; ++p) {
+        const double d = du[n * Ho * Wo + p], h = xh[n * Ho * Wo + p];
+        dz[(n * C + ch) * Ho * Wo + p] =
+            gamma[ch] * inv * (c.training ? d - dbeta[ch] / M - h * dgamma[ch] / M : d);
+      }
+  }
+  std::vector<double> dxref(N * C * H * W, 0.0), dwref(C * K * K, 0.0), dwscale(C * K * K, 0.0);
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long i = 0; i < Ho; ++i)
+        for (long j = 0; j < Wo; ++j) {
+          const double g = dz[((n * C + ch) * Ho + i) * Wo + j];
+          for (long a = 0; a < K; ++a)
+            for (long b = 0; b < K; ++b) {
+              const long h = S * i + a - P, w = S * j + b - P;
+              if (h < 0 || h >= H || w < 0 || w >= W) continue;
+              const double xv = xd[((n * C + ch) * H + h) * W + w];
+              dxref[((n * C + ch) * H + h) * W + w] += wt[(ch * K + a) * K + b] * g;
+              dwref[(ch * K + a) * K + b] += g * xv;
+              dwscale[(ch * K + a) * K + b] += std::fabs(g * xv);
+            }
+        }
+
+  // The kernels.
+  int sms = c.sms;
+#ifdef MIXPATH_CUDA_SIM
+  sim::Config cfg;
+  if (sms > 0) cfg.sms = sms;
+#endif
+  if (sms <= 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  }
+  const size_t fws = ck::forward_workspace_bytes(shape, sms), bws = ck::backward_workspace_bytes(shape, sms);
+  Device dx_in(x.bytes.size()), ddy(dy.bytes.size()), dw(wt.size() * 4), dg(C * 4), db(C * 4), drm(C * 4),
+      drv(C * 4), dyo(dy.bytes.size()), dsm(C * 4), dsv(C * 4), ddx(x.bytes.size()), ddw(C * c.K * c.K * 4),
+      ddg(C * 4), ddb(C * 4), fwork(fws), bwork(bws);
+  dx_in.upload(x.bytes.data());
+  ddy.upload(dy.bytes.data());
+  dw.upload(wt.data());
+  dg.upload(gamma.data());
+  db.upload(beta.data());
+  drm.upload(rmean.data());
+  drv.upload(rvar.data());
+  std::vector<std::vector<unsigned char>> first;
+  bool identical = true;
+  std::string launches;
+#ifdef MIXPATH_CUDA_SIM
+  sim::take_records();  // only this case's launches
+#endif
+  for (int run = 0; run < c.runs; ++run) {
+#ifdef MIXPATH_CUDA_SIM
+    cfg.seed = 1 + 7919 * static_cast<uint64_t>(run);
+    sim::configure(cfg);
+#endif
+    for (const Device* d : {&dyo, &ddx, &ddw, &ddg, &ddb, &fwork, &bwork}) d->poison();
+    // Eval: the kernels normalise with the given statistics, which the binding
+    // passes as save_mean / save_var (copies of the running ones).
+    if (c.training) {
+      dsm.poison();
+      dsv.poison();
+    } else {
+      dsm.upload(rmean.data());
+      dsv.upload(rvar.data());
+    }
+    const ck::ForwardArgs fa{dx_in.p, dw.f(), dg.f(), db.f(), drm.f(), drv.f(), dyo.p, dsm.f(), dsv.f()};
+    cudaError_t err = ck::forward(shape, fa, fwork.p, sms, nullptr);
+    if (err != cudaSuccess) return std::string("forward failed: ") + cudaGetErrorString(err);
+    const ck::BackwardArgs ba{ddy.p, dx_in.p, dw.f(), dg.f(), db.f(), dsm.f(), dsv.f(), ddx.p, ddw.f(), ddg.f(), ddb.f()};
+    err = ck::backward(shape, ba, bwork.p, sms, nullptr);
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) return std::string("backward failed: ") + cudaGetErrorString(err);
+    std::vector<std::vector<unsigned char>> got{dyo.download(), dsm.download(), dsv.download(), ddx.download(),
+                                                ddw.download(), ddg.download(), ddb.download()};
+    if (run == 0) {
+      first = got;
+#ifdef MIXPATH_CUDA_SIM
+      for (const sim::LaunchRecord& r : sim::take_records()) {
+        std::string name(r.name);
+        name.erase(std::remove(name.begin(), name.end(), ' '), name.end());
+        launches += (launches.empty() ? "" : ";") + name + "/" + std::to_string(r.blocks) + "/" +
+                    std::to_string(r.threads) + "/" + std::to_string(r.smem) + "/" + std::to_string(r.resident);
+      }
+#endif
+    } else {
+      identical = identical && got == first;
+    }
+  }
+
+  // Errors.
+  Raw yo(c.dtype, N * C * Ho * Wo), dxo(c.dtype, N * C * H * W);
+  yo.bytes = first[0];
+  dxo.bytes = first[3];
+  const std::vector<float> sm = floats(first[1]), sv = floats(first[2]), gw = floats(first[4]), gg = floats(first[5]),
+                           gb = floats(first[6]);
+  double ey = 0, ymax = 0, edx = 0, dxmax = 0, em = 0, ev = 0, ew = 0, eg = 0, eb = 0;
+  auto upd = [](double& e, double v) { e = std::isnan(v) ? INFINITY : std::max(e, v); };
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long i = 0; i < Ho; ++i)
+        for (long j = 0; j < Wo; ++j) {
+          const double r = yref[((n * C + ch) * Ho + i) * Wo + j];
+          upd(ey, std::fabs(yo.get(out_at(n, ch, i, j)) - r));
+          ymax = std::max(ymax, std::fabs(r));
+        }
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long h = 0; h < H; ++h)
+        for (long w = 0; w < W; ++w) {
+          const double r = dxref[((n * C + ch) * H + h) * W + w];
+          upd(edx, std::fabs(dxo.get(in_at(n, ch, h, w)) - r));
+          dxmax = std::max(dxmax, std::fabs(r));
+        }
+  for (long ch = 0; ch < C; ++ch) {
+    if (c.training) {
+      upd(em, std::fabs(sm[ch] - mean[ch]) / std::sqrt(var[ch] + eps));
+      upd(ev, std::fabs(sv[ch] - var[ch]) / (var[ch] + eps));
+    }
+    upd(eg, std::fabs(gg[ch] - dgamma[ch]) / std::max(sdg[ch], 1e-30));
+    upd(eb, std::fabs(gb[ch] - dbeta[ch]) / std::max(sdb[ch], 1e-30));
+    for (long t = 0; t < K * K; ++t) upd(ew, std::fabs(gw[ch * K * K + t] - dwref[ch * K * K + t]) / std::max(dwscale[ch * K * K + t], 1e-30));
+  }
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "y=%.3g mean=%.3g var=%.3g dx=%.3g dw=%.3g dgamma=%.3g dbeta=%.3g identical=%d",
+                ey / std::max(ymax, 1e-30), em, ev, edx / std::max(dxmax, 1e-30), ew, eg, eb, identical ? 1 : 0);
+  return std::string("ok ") + buf + (launches.empty() ? "" : " launches=" + launches);
+}
+
+}  // namespace
+
+int main() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    Case c{};
+    std::string why;
+    std::string out = parse(line, &c, &why) ? run_case(c) : "error " + why;
+    if (out.rfind("ok ", 0) == 0) {
+      std::printf("ok %s %s\n", line.c_str(), out.c_str() + 3);
+    } else {
+      std::printf("error %s %s\n", line.c_str(), out.c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}

@@ -1,0 +1,3 @@
+// Simulator stand-in: everything is in cuda_runtime.h.
+#pragma once
+#include "cuda_runtime.h"

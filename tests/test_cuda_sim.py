@@ -1,0 +1,141 @@
+"""The CUDA kernels (csrc/cuda/) on the CPU simulator (csrc/cuda_sim/), against a float64 recomputation.
+
+No GPU needed: the real .cu sources are compiled as host C++, one fiber per
+CUDA thread, in a random interleaving at every barrier and warp shuffle. Each
+case runs under several interleavings, which must give the same bits; the
+simulator itself fails a case on a missed cp.async wait, a barrier or shuffle
+that not every thread reaches, a misaligned vector access or an over-budget
+launch. The harness builds once into build/cuda_sim/ (g++; skipped without a
+C++ compiler); the AddressSanitizer/UBSan build runs under `-m slow`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("cuda_sim_build", ROOT / "csrc" / "cuda_sim" / "build.py")
+sim_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sim_build)
+
+pytestmark = pytest.mark.skipif(sim_build.compiler() is None, reason="no C++ compiler (g++ or $CXX) to build the simulator")
+
+SMS = 132  # an H100 / H200 launch plan
+# The depthwise layers of the target networks (C, H = W), at N = 2.
+TARGET_LAYERS = [(192, 32), (288, 16), (576, 8), (240, 28), (480, 14), (1152, 7)]
+MODES_ACTS = list(itertools.product(("train", "eval"), ("relu6", "relu", "none")))
+
+
+def _matrix():
+    """Every layout x dtype x K x stride on small odd planes; mode and activation cycle through all six pairs."""
+    cases = []
+    for i, (layout, dtype, K, stride) in enumerate(itertools.product(
+            ("nchw", "nhwc"), ("f32", "bf16", "f16"), (1, 3, 5, 7, 9), (1, 2))):
+        mode, act = MODES_ACTS[i % len(MODES_ACTS)]
+        C = 12 if i % 3 else 10  # C % 4 != 0: the channels_last scalar paths
+        cases.append(f"2 {C} {9 + i % 5} {11 + i % 4} {K} {stride} {dtype} {layout} {mode} {act} 3 0 {SMS}")
+    return cases
+
+
+MATRIX = _matrix()
+# Planes too large for shared memory: the tiled modes of both layouts.
+TILED = [f"1 6 {h} {w} {K} {s} {dt} {layout} train relu6 2 0 {SMS}"
+         for (h, w, K, s, dt, layout) in [(130, 121, 3, 1, "f32", "nchw"), (127, 133, 7, 2, "bf16", "nchw"),
+                                         (72, 150, 5, 1, "f16", "nhwc"), (97, 99, 9, 2, "f32", "nhwc")]]
+TARGETS = [f"2 {C} {H} {H} {K} {s} {dt} {layout} train relu6 2 0 {SMS}"
+           for (C, H), (K, s, dt, layout) in zip(TARGET_LAYERS, [
+               (9, 1, "bf16", "nchw"), (9, 2, "f32", "nhwc"), (3, 1, "f16", "nchw"),
+               (9, 1, "bf16", "nhwc"), (5, 2, "f32", "nchw"), (9, 1, "bf16", "nhwc")])]
+# Batch statistics and backward sums over large planes with a mean offset: on
+# 132 SMs and on 1 (long per-thread sums).
+STATS = [f"2 2 512 512 3 1 f32 nchw train none 2 3 {SMS}", "2 2 512 512 3 1 f32 nchw train none 1 3 1",
+         "1 8 96 96 5 1 f32 nhwc train none 1 50 1"]
+
+# More items than one wave of blocks (small devices keep them cheap): the launch sizing.
+WAVES = ["24 100 10 10 7 2 bf16 nchw train relu6 1 0 6", "24 100 10 10 7 2 bf16 nhwc train relu6 1 0 6",
+         "16 40 12 12 3 1 f32 nchw eval relu 1 0 8", "16 40 12 12 3 1 f32 nhwc train none 1 0 5"]
+
+# Normalised max errors (see harness.cpp): outputs within rounding to the dtype,
+# float32 sums within a small multiple of float32's epsilon.
+OUTPUT_TOL = {"f32": 2e-6, "f16": 6e-4, "bf16": 4.2e-3}
+SUM_TOL = 2e-5
+
+
+def _run(binary: Path, cases: list[str], timeout: float) -> dict[str, dict[str, str]]:
+    proc = subprocess.run([str(binary)], input="\n".join(cases) + "\n", capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"simulator exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    results = {}
+    for line in proc.stdout.splitlines():
+        status, rest = line.split(" ", 1)
+        fields = rest.split()
+        case = " ".join(fields[:13])
+        results[case] = {"status": status, **dict(f.split("=", 1) for f in fields[13:] if "=" in f),
+                         "raw": line}
+    return results
+
+
+@pytest.fixture(scope="session")
+def harness():
+    try:
+        return sim_build.build()
+    except sim_build.BuildError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def results(harness):
+    return _run(harness, MATRIX + TILED + TARGETS + STATS + WAVES, timeout=900)
+
+
+def _check(r: dict[str, str], case: str):
+    assert r["status"] == "ok", r["raw"]
+    dtype = case.split()[6]
+    assert r["identical"] == "1", f"interleavings gave different bits: {case}"
+    for key in ("y", "dx"):
+        assert float(r[key]) <= OUTPUT_TOL[dtype], f"{key}: {r['raw']}"
+    for key in ("mean", "var", "dw", "dgamma", "dbeta"):
+        assert float(r[key]) <= SUM_TOL, f"{key}: {r['raw']}"
+
+
+@pytest.mark.parametrize("case", MATRIX + TILED + TARGETS + STATS + WAVES)
+def test_kernels_match_float64(results, case):
+    _check(results[case], case)
+
+
+def _launches(r):
+    out = []
+    for item in r["launches"].split(";"):
+        name, blocks, threads, smem, resident = item.rsplit("/", 4)
+        out.append((name, int(blocks), int(threads), int(smem), int(resident)))
+    return out
+
+
+@pytest.mark.parametrize("case", WAVES + TARGETS)
+def test_launches_fill_their_last_wave(results, case):
+    """With equal work per block a nearly empty last wave nearly doubles a kernel's time: none has one."""
+    sms = int(case.split()[12])
+    for name, blocks, threads, smem, resident in _launches(results[case]):
+        if "finish" in name or "pad" in name:
+            continue
+        assert resident >= 1, f"{name}: no block of {threads} threads and {smem} bytes fits a multiprocessor"
+        wave = resident * sms
+        tail = blocks - (-(-blocks // wave) - 1) * wave
+        assert blocks <= wave or 2 * tail >= wave, f"{name}: {blocks} blocks in waves of {wave}"
+
+
+@pytest.mark.slow
+def test_sanitizer_build():
+    """AddressSanitizer + UBSan over a sample of every kind of case (shared memory is sized exactly as launched)."""
+    try:
+        binary = sim_build.build(sanitize=True)
+    except sim_build.BuildError as e:
+        pytest.fail(str(e))
+    cases = MATRIX[::3] + TILED[:1] + ["2 30 9 9 9 2 bf16 nhwc train relu6 2 0 132"]
+    results = _run(binary, cases, timeout=1800)
+    for case in cases:
+        _check(results[case], case)
