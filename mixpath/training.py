@@ -20,6 +20,18 @@ checkpoint, output folder) runs before anything is written.
 
 Data: monitoring and BN recalibration use the train and validation splits
 only; the test split is read by `retrain` alone, once, for its final test_acc.
+
+Several processes (`torchrun`, see `mixpath.distributed`): each rank trains on
+its own shard of every global batch (`batch_size` images of the world_size *
+batch_size that one process would take from the same seeded order, so every
+training image is seen once per epoch); the learning rate is the user's, never
+scaled. Every rank draws the same architectures from the same seeded stream,
+and gradients are averaged over ranks for exactly the parameters used.
+BatchNorm computes its batch statistics per rank, on the rank's shard, as DDP
+does (no SyncBN); running statistics are per rank, and rank 0's are the ones
+saved and scored. Rank 0 alone writes checkpoints, metrics, logs and the
+summary, and scores subnets. A checkpoint continues only under the world size
+that wrote it: another one is another global batch, so another run.
 """
 from __future__ import annotations
 
@@ -40,13 +52,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import CheckpointError, atomic_write, config_differences, load_checkpoint, save_checkpoint
-from .data import Splits, batches, describe, load_data, num_batches
+from .data import DataError, Splits, batches, describe, load_data, num_batches
 from .evaluate import accuracy, score_arch
 from .nn import LAYOUTS, SuperNet, standalone
 from .ops import backend_status, default_backend
 from .ops.registry import AUTO_ORDER
-from .outdir import OutputFolder
+from .distributed import RankFailure, Ranks
+from .outdir import OutputError, OutputFolder
+from .sampling import SAMPLINGS, make_sampler, rank_share
 from .space import SPACES, Arch, ArchError, SearchSpace, get_space
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingError", "Terminated", "DEFAULTS", "DATASET_DEFAULTS",
@@ -89,6 +104,8 @@ class TrainConfig:
     width_mult: float | None = None
     layout: str | None = None
     shadow_bn: bool | None = None
+    # architectures per step: uniform (one, the release) or fair (groups, mixpath.sampling)
+    sampling: str | None = None
     # stand-alone retraining: this architecture alone, from scratch (None: train the supernet)
     arch: str | None = None
     # optimisation (the release's recipe)
@@ -107,6 +124,7 @@ class TrainConfig:
     channels_last: bool | None = None
     threads: int | None = None
     workers: int | None = None
+    dist_timeout: float | None = None  # seconds a collective may wait under torchrun
     # final evaluation
     eval_archs: int | None = None
     eval_arch: list[str] | None = None
@@ -120,8 +138,11 @@ class TrainConfig:
 
 # The release's S1 recipe (MIXPATH.md) and the switches' defaults.
 DEFAULTS = dict(data="digits", max_paths=4, kernels=[3, 5, 7, 9], expansions=[3, 6], width_mult=1.0,
-                layout="mixpath", shadow_bn=True, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, seed=2020,
-                fused=False, amp="none", channels_last=False, eval_archs=10, eval_arch=[], calib_batches=20)
+                layout="mixpath", shadow_bn=True, sampling="uniform", momentum=0.9, weight_decay=3e-4, grad_clip=5.0, seed=2020,
+                fused=False, amp="none", channels_last=False, eval_archs=10, eval_arch=[], calib_batches=20,
+                dist_timeout=distributed.DEFAULT_TIMEOUT)
+# Identity settings added after checkpoints were written without them, with the value those runs used.
+ADDED_IDENTITY = {"sampling": "uniform"}
 
 # digits is the quick demo: 1437 training images of 16 px, where the release's 200 epochs of batch 96 with
 # crop/flip/Cutout would take an hour to learn what 12 plain epochs of batch 32 reach (>0.95 mean subnet
@@ -138,7 +159,7 @@ DATASET_DEFAULTS = {
 
 # What the run computes: a checkpoint continues only under these same values.
 IDENTITY_KEYS = ("data", "val_size", "image_size", "augment", "space", "max_paths", "kernels", "expansions",
-                 "width_mult", "layout", "shadow_bn", "arch", "epochs", "batch_size", "lr", "momentum",
+                 "width_mult", "layout", "shadow_bn", "sampling", "arch", "epochs", "batch_size", "lr", "momentum",
                  "weight_decay", "grad_clip", "seed")
 # Per invocation: never inherited from a checkpoint.
 JOB_KEYS = ("out", "resume", "stop_after", "force")
@@ -168,12 +189,17 @@ class _Plan:
     eval_archs: list[Arch]  # the supernet's final scoring; empty when retraining
     monitor_arch: Arch  # scored every epoch (the retrained arch itself when retraining)
     out: Path | None  # None: a new runs/<timestamp> folder
+    ranks: Ranks = field(default_factory=Ranks)
     checkpoint: dict | None = None
     notes: list[str] = field(default_factory=list)  # said in the log before training starts
 
     @property
     def retraining(self) -> bool:
         return self.config.arch is not None
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.ranks.world_size
 
 
 def _as_options(config: TrainConfig | Mapping | None) -> dict:
@@ -198,7 +224,8 @@ def _check_ranges(c: TrainConfig) -> None:
         if not ok:
             raise ConfigError(f"{flag(key)} {getattr(c, key)!r} is out of range: {what}")
 
-    for key, choices in (("data", DATASETS), ("space", tuple(SPACES)), ("layout", LAYOUTS), ("amp", AMP_MODES)):
+    for key, choices in (("data", DATASETS), ("space", tuple(SPACES)), ("layout", LAYOUTS), ("amp", AMP_MODES),
+                         ("sampling", SAMPLINGS)):
         need(getattr(c, key) in choices, key, f"choose one of {', '.join(choices)}")
     need(c.epochs >= 1, "epochs", "train for at least 1 epoch")
     need(c.batch_size >= 1, "batch_size", "use a positive batch size")
@@ -223,13 +250,18 @@ def _check_ranges(c: TrainConfig) -> None:
     need(c.stop_after is None or c.stop_after >= 1, "stop_after", "stop after at least 1 epoch")
     need(c.threads is None or c.threads >= 1, "threads", "use at least 1 thread")
     need(c.workers is None or c.workers >= 0, "workers", "use 0 or more data loader workers")
+    need(math.isfinite(c.dist_timeout) and c.dist_timeout > 0, "dist_timeout",
+         "give the seconds a collective may wait, e.g. 1800")
+    if c.arch is not None and c.sampling != "uniform":
+        raise ConfigError(f"--sampling {c.sampling} chooses the supernet's architectures; a retraining trains "
+                          "one: drop --sampling")
     if c.arch is None and c.eval_archs + len(c.eval_arch) == 0:
         raise ConfigError("nothing to evaluate at the end: pass --eval-archs N >= 1 or --eval-arch STR")
     if c.fused and c.backend is not None:
         raise ConfigError(f"--fused and --backend {c.backend} both choose the backend: pass one of them")
 
 
-def _check_device(name: str) -> torch.device:
+def _check_device(name: str, ranks: Ranks) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -237,9 +269,17 @@ def _check_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use --device cpu")
+        if ranks.launched:
+            if device.index is not None:
+                raise ConfigError(f"--device {name}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device "
+                                  "cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+            device = torch.device("cuda", ranks.local_rank)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              f"numbered from 0")
+                              "numbered from 0" + (f", fewer than torchrun's processes here: lower --nproc_per_node"
+                                                   if ranks.launched else ""))
+    elif ranks.launched and device.type != "cpu":
+        raise ConfigError(f"--device {name}: torchrun jobs run on cuda (NCCL) or cpu (gloo)")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
@@ -323,6 +363,7 @@ def split_batches(splits: Splits, *, batch_size: int, calib_batches: int, seed: 
 def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
     """Fill in the unset options and check everything; nothing is written. Raises ConfigError and friends."""
     given = _as_options(config)
+    ranks = Ranks.from_env()
     checkpoint = load_checkpoint(given["resume"]) if "resume" in given else None
     base = {k: v for k, v in checkpoint["config"].items() if k not in JOB_KEYS} if checkpoint else {}
     # --backend and --fused are one choice: naming either replaces the other's inherited value
@@ -342,7 +383,7 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
     # Before loading data: a run resumed with another --data should hear that, not a data error.
     if checkpoint is not None:
         current = _json_ready(asdict(c))
-        diffs = config_differences(checkpoint["config"], current, IDENTITY_KEYS)
+        diffs = config_differences({**ADDED_IDENTITY, **checkpoint["config"]}, current, IDENTITY_KEYS)
         if diffs:
             listed = "; ".join(f"{flag(k)} {old!r} there, {new!r} now" for k, old, new in diffs)
             raise CheckpointError(f"checkpoint {checkpoint['path']} was trained with other settings ({listed}): "
@@ -350,8 +391,14 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
         if checkpoint["epoch"] > c.epochs:
             raise CheckpointError(f"checkpoint {checkpoint['path']} is at epoch {checkpoint['epoch']}, past "
                                   f"its {c.epochs} epochs: it is damaged")
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != ranks.world_size:
+            raise CheckpointError(
+                f"checkpoint {checkpoint['path']} was trained by {saved_world} process(es), this job has "
+                f"{ranks.world_size}: another world size is another global batch (--batch-size is per rank), so "
+                f"resume with {saved_world} in all (torchrun --nnodes x --nproc_per_node), or start a fresh run")
     _check_ranges(c)
-    device = _check_device(c.device)
+    device = _check_device(c.device, ranks)
     backend, note = _choose_backend(c, device)
     if c.amp != "none" and not torch.amp.is_autocast_available(device.type):
         raise ConfigError(f"--amp {c.amp}: torch has no autocast for {device.type}; drop --amp")
@@ -367,9 +414,10 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
 
     splits = load_splits(c)
     c.image_size = splits.image_size
-    if num_batches(splits.train, c.batch_size, train=True) == 0:
-        raise ConfigError(f"--batch-size {c.batch_size} exceeds the {len(splits.train)} training images: "
-                          "lower it")
+    if num_batches(splits.train, c.batch_size * ranks.world_size, train=True) == 0:
+        per_rank = f" per rank, times {ranks.world_size} ranks," if ranks.world_size > 1 else ""
+        raise ConfigError(f"--batch-size {c.batch_size}{per_rank} exceeds the {len(splits.train)} training "
+                          "images: lower it")
     space = build_space(c, splits)
     archs = []
     for text in c.eval_arch:
@@ -391,7 +439,7 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
         monitor = sampled[0]
 
     out = _check_out(c, checkpoint)
-    return _Plan(c, device, backend, note, splits, space, archs, monitor, out, checkpoint, notes)
+    return _Plan(c, device, backend, note, splits, space, archs, monitor, out, ranks, checkpoint, notes)
 
 
 # ---------------------------------------------------------------- the run
@@ -431,10 +479,13 @@ class _Run:
         # The release steps its cosine schedule once per epoch, reaching ~0 at the end.
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs)
         self.scaler = torch.amp.GradScaler(device.type, enabled=c.amp == "fp16")
+        # One stream of architectures, seeded alike on every rank: all ranks draw the same groups.
         self.sampler = random.Random(c.seed)
+        self.sampling = None if plan.retraining else make_sampler(c.sampling, plan.space)
         self.epoch, self.history = 0, []
         if plan.checkpoint is not None:
             self._restore(plan.checkpoint)
+        distributed.broadcast_state(self.model)
 
     def autocast(self):
         if self.c.amp == "none":
@@ -447,7 +498,8 @@ class _Run:
                      model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                      scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                      sampler=self.sampler.getstate(), torch_rng=torch.get_rng_state(), history=self.history,
-                     backend=self.plan.backend, device=str(self.plan.device))
+                     backend=self.plan.backend, device=str(self.plan.device),
+                     world_size=self.plan.ranks.world_size)
         if self.plan.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.plan.device)
         return state
@@ -502,13 +554,24 @@ class _Run:
             return accuracy(self.model, None, self._batches(self.plan.splits.test)())
 
     # -- training
+    def _step_archs(self) -> tuple[str, list]:
+        """(the step's whole group as text, this rank's share of it); ("", [None]) when retraining."""
+        if self.plan.retraining:
+            return "", [None]
+        ranks = self.plan.ranks
+        group = self.sampling.group(self.sampler)
+        return "/".join(map(str, group)), rank_share(group, ranks.rank, ranks.world_size)
+
     def train_epoch(self) -> dict:
-        c, plan, model = self.c, self.plan, self.model
+        c, plan, model, ranks = self.c, self.plan, self.model, self.plan.ranks
         start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        params = list(model.parameters())
         model.train()
-        data = batches(plan.splits.train, c.batch_size, train=True, epoch=self.epoch, seed=c.seed,
+        # This rank's shard of each global batch: the same images, in the same order, as one process would take.
+        data = batches(plan.splits.train, plan.global_batch, train=True, epoch=self.epoch, seed=c.seed,
                        device=plan.device, augment=c.augment, channels_last=c.channels_last, workers=c.workers)
+        shard = slice(ranks.rank * c.batch_size, (ranks.rank + 1) * c.batch_size)
         # Sums stay on the device; reading them only every few steps keeps GPUs from syncing each step.
         # Non-finite losses (fp16 overflow, which GradScaler skips) are counted apart from the mean.
         loss_sum = torch.zeros((), device=plan.device)
@@ -517,51 +580,77 @@ class _Run:
         correct = torch.zeros((), device=plan.device, dtype=torch.long)
         seen = 0
         bar = tqdm(data, total=len(data), desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
-                   disable=None, dynamic_ncols=True, file=sys.stderr)
+                   disable=None if ranks.main else True, dynamic_ncols=True, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            arch = None if plan.retraining else plan.space.sample(self.sampler)
-            with self.autocast():
-                logits = model(x, arch)
-                loss = F.cross_entropy(logits, y)
+            x, y = x[shard], y[shard]
+            group, archs = self._step_archs()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            step_finite = torch.ones((), device=plan.device, dtype=torch.bool)
+            for arch in archs:  # a group's passes accumulate into one update: the mean of their losses
+                with self.autocast():
+                    logits = model(x, arch)
+                    loss = F.cross_entropy(logits, y)
+                self.scaler.scale(loss / len(archs) if len(archs) > 1 else loss).backward()
+                finite = torch.isfinite(loss.detach())
+                step_finite &= finite
+                loss_sum += torch.where(finite, loss.detach().float() * y.numel(), 0.0)
+                finite_seen += finite * y.numel()
+                correct += (logits.argmax(1) == y).sum()
+                seen += y.numel()
+            nonfinite += ~step_finite
+            distributed.average_gradients(params, group)
             if c.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            finite = torch.isfinite(loss.detach())
-            loss_sum += torch.where(finite, loss.detach().float() * y.numel(), 0.0)
-            finite_seen += finite * y.numel()
-            nonfinite += ~finite
-            correct += (logits.argmax(1) == y).sum()
-            seen += y.numel()
             if step % 10 == 0 or step == len(data) - 1:
                 bar.set_postfix(loss=f"{loss_sum.item() / max(finite_seen.item(), 1):.3f}",
                                 acc=f"{correct.item() / seen:.3f}", lr=f"{lr:.4g}")
         bar.close()
-        weights_ok = math.isfinite(sum(p.detach().float().sum() for p in model.parameters()).item())
-        if not weights_ok or finite_seen.item() == 0:
+        train_seconds = time.perf_counter() - start
+        # Epoch statistics over all ranks; a non-finite step counts once per rank that saw it.
+        loss_total, finite_total, nonfinite_total, correct_total, seen_total = distributed.all_sum(
+            [loss_sum.item(), finite_seen.item(), nonfinite.item(), correct.item(), seen], plan.device)
+        weights_ok = math.isfinite(sum(p.detach().float().sum() for p in params).item())
+        if not weights_ok or finite_total == 0:
             raise TrainingError(f"training diverged in epoch {self.epoch + 1} (non-finite "
                                 f"{'weights' if not weights_ok else 'loss'}): lower --lr (now {c.lr}) or "
                                 f"--grad-clip; the last checkpoint is unchanged")
-        train_loss, train_acc = loss_sum.item() / finite_seen.item(), correct.item() / seen
         self.scheduler.step()
         self.epoch += 1
-        val_acc = self.score(plan.monitor_arch)
-        record = dict(epoch=self.epoch, train_loss=train_loss, train_acc=train_acc, lr=lr, val_acc=val_acc,
-                      val_arch=str(plan.monitor_arch), nonfinite_steps=int(nonfinite.item()),
+        # Rank 0 alone scores; the others wait for it at their next collective.
+        val_acc = self.score(plan.monitor_arch) if ranks.main else None
+        record = dict(epoch=self.epoch, train_loss=loss_total / finite_total, train_acc=correct_total / seen_total,
+                      lr=lr, val_acc=val_acc, val_arch=str(plan.monitor_arch), nonfinite_steps=int(nonfinite_total),
+                      world_size=ranks.world_size, global_batch=plan.global_batch,
+                      images_per_second=round(len(data) * plan.global_batch / train_seconds, 1),
                       seconds=round(time.perf_counter() - start, 3))
         self.history.append(record)
         return record
 
 
-def _describe_config(c: TrainConfig) -> str:
+def _describe_config(plan: _Plan) -> str:
+    c, world = plan.config, plan.ranks.world_size
     what = (f"stand-alone {c.arch} ({c.layout} layout), from scratch" if c.arch is not None else
-            f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}")
+            f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}, {c.sampling} sampling")
+    batch = f"batch {c.batch_size}" if world == 1 else \
+        f"batch {c.batch_size} per rank x {world} ranks = {plan.global_batch} global (BN statistics per rank)"
     return (f"{what}; SGD lr {c.lr} momentum {c.momentum} wd {c.weight_decay}, cosine over {c.epochs} epochs, "
-            f"batch {c.batch_size}, clip {c.grad_clip or 'off'}, seed {c.seed}, augment "
+            f"{batch}, clip {c.grad_clip or 'off'}, seed {c.seed}, augment "
             f"{'on' if c.augment else 'off'}" + (f", amp {c.amp}" if c.amp != "none" else ""))
+
+
+@contextmanager
+def _errors_named_by_rank(ranks: Ranks):
+    """Under torchrun each rank reports its own one-line error, starting with 'rank R of W'."""
+    try:
+        yield
+    except (RankFailure, ConfigError, DataError, ArchError, CheckpointError, OutputError, TrainingError) as e:
+        kind = TrainingError if isinstance(e, RankFailure) else type(e)
+        if ranks.world_size == 1 and kind is type(e):
+            raise
+        raise kind(f"{ranks}: {e}") from None
 
 
 @contextmanager
@@ -612,64 +701,92 @@ def train(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], N
     With `stop_after`, returns {"stopped": True, ...} after that many epochs, leaving last.pt to resume from.
     Raises ConfigError, DataError, ArchError, CheckpointError or OutputError (before writing anything),
     TrainingError, or `Terminated` / KeyboardInterrupt (after saying what is left to resume).
+    Under torchrun every rank calls it; rank 0 logs, writes and returns the summary, the others return
+    {"rank": R, "world_size": W, "epoch": N} once training ends.
     """
     wall = time.perf_counter()
-    plan = resolve(config)
-    c = plan.config
-    threads = torch.get_num_threads()
-    if c.threads is not None:
-        torch.set_num_threads(c.threads)
-    try:
-        with OutputFolder(plan.out or _new_run_dir()) as folder, _sigterm_as_interrupt():
-            return _train(plan, folder, wall, log)
-    finally:
-        torch.set_num_threads(threads)
+    ranks = Ranks.from_env()
+    with _errors_named_by_rank(ranks):
+        plan = resolve(config)
+        c = plan.config
+        threads = torch.get_num_threads()
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
+        # Rank 0 alone holds the folder; it locks it before the group forms, and no rank trains (so rank 0
+        # writes nothing) until every rank has passed its checks and joined.
+        folder = OutputFolder(plan.out or _new_run_dir()) if ranks.main else nullcontext()
+        try:
+            with folder as folder, _sigterm_as_interrupt(), \
+                    distributed.process_group(ranks, plan.device, c.dist_timeout):
+                return _train(plan, folder, wall, log if ranks.main else _quiet)
+        finally:
+            torch.set_num_threads(threads)
 
 
-def _train(plan: _Plan, folder: OutputFolder, wall: float, log) -> dict:
-    c = plan.config
-    out = folder.path
-    c.out = str(out)
-    ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _resume_hint(run: _Run, ckpt_path: Path | None) -> str:
+    c = run.c
+    if ckpt_path is None:
+        return "rank 0 keeps the last finished epoch in its --out: continue with --resume there"
+    if ckpt_path.exists():
+        return f"epoch {run.epoch}/{c.epochs} is saved in {ckpt_path}: continue with --resume {ckpt_path}"
+    return "no epoch had finished, so there is nothing to resume: start the run again"
+
+
+def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
+    """The run; `folder` is None on ranks other than 0, which write nothing."""
+    c, ranks = plan.config, plan.ranks
+    out = folder.path if folder is not None else None
+    ckpt_path = metrics_path = None
+    if out is not None:
+        c.out = str(out)
+        ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
     run = _Run(plan)
-    if c.force and plan.checkpoint is None:
+    if out is not None and c.force and plan.checkpoint is None:
         for name in RUN_FILES:  # --force: the old run's files go before the new run writes its own
             (out / name).unlink(missing_ok=True)
     log(describe(plan.splits))
     log(plan.space.describe())
-    log(_describe_config(c))
+    log(_describe_config(plan))
     log(f"device {plan.device}, {plan.backend_note}"
         + ("; the official layout has no fused op, so the backend is unused" if c.layout == "official" else "")
+        + (f"; {ranks.world_size} processes (torchrun), rank 0 writes" if ranks.launched else "")
         + f"; writing {out}")
     for note in plan.notes:
         log(f"note: {note}")
     if plan.checkpoint is not None:
         log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
-        _write_metrics(metrics_path, run.history)
+        if out is not None:
+            _write_metrics(metrics_path, run.history)
     ran = 0
     while run.epoch < c.epochs:
         if c.stop_after is not None and ran == c.stop_after:
             log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
                 f"--resume {ckpt_path}")
-            return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs, "checkpoint": str(ckpt_path),
-                    "history": run.history}
+            return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs,
+                    "checkpoint": None if ckpt_path is None else str(ckpt_path), "history": run.history}
         try:
             r = run.train_epoch()
         except KeyboardInterrupt as e:
-            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            if ckpt_path.exists():
-                where = (f"epoch {run.epoch}/{c.epochs} is saved in {ckpt_path}: continue with --resume "
-                         f"{ckpt_path}")
-            else:
-                where = "no epoch had finished, so there is nothing to resume: start the run again"
-            print(f"{what} in epoch {run.epoch + 1}; {where}", file=sys.stderr)
+            if ranks.main:  # torchrun signals every rank: one of them says it
+                what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+                print(f"{what} in epoch {run.epoch + 1}; {_resume_hint(run, ckpt_path)}", file=sys.stderr)
             raise
+        except RankFailure as e:
+            raise TrainingError(f"{e}; {_resume_hint(run, ckpt_path)}") from None
+        ran += 1
+        if out is None:
+            continue
         save_checkpoint(ckpt_path, run._state())
         _write_metrics(metrics_path, run.history)
-        ran += 1
         log(f"epoch {r['epoch']}/{c.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
-            f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['seconds']:.1f}s")
+            f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['images_per_second']:.0f} img/s  {r['seconds']:.1f}s")
 
+    if out is None:  # the final evaluation runs once, on rank 0
+        return {"rank": ranks.rank, "world_size": ranks.world_size, "epoch": run.epoch}
     start = time.perf_counter()
     scores = (_retrain_summary if plan.retraining else _supernet_summary)(plan, run, log)
     last = run.history[-1] if run.history else {}
@@ -683,6 +800,8 @@ def _train(plan: _Plan, folder: OutputFolder, wall: float, log) -> dict:
         "train_acc": last.get("train_acc"),
         "backend": plan.backend,
         "device": str(plan.device),
+        "world_size": ranks.world_size,
+        "global_batch": plan.global_batch,
         "layout": c.layout,
         "space": plan.space.to_dict(),
         "data": c.data,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..sampling import SAMPLINGS
 from ..training import AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS, TrainConfig, train
 from .common import Parser, guarded, int_list
 
@@ -34,10 +35,18 @@ rounding (summation order), and the log says so. Resuming a finished run
 evaluates it again into summary.2.json (summary.json is never replaced).
 
 outputs in --out DIR: last.pt (checkpoint, rewritten atomically each epoch),
-metrics.jsonl (one line per epoch), summary.json (final subnet scores). One job
-at a time per folder; a folder that holds a run is refused unless --resume
-(continue) or --force (replace). Ctrl-C or SIGTERM stop after saying what can be
-resumed.
+metrics.jsonl (one line per epoch: loss, accuracy, world size, images per
+second), summary.json (final subnet scores). One job at a time per folder; a
+folder that holds a run is refused unless --resume (continue) or --force
+(replace). Ctrl-C or SIGTERM stop after saying what can be resumed.
+
+several GPUs or machines (the same command line under torchrun):
+  torchrun --standalone --nproc_per_node=N train.py ...
+  torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT train.py ...
+--batch-size is per rank (global batch = ranks x batch size, shown in the log),
+--lr is used as given. Every rank trains the same architectures; BN batch
+statistics are per rank. Rank 0 writes --out; --resume needs the same number
+of processes, and the checkpoint readable at the same path on every machine.
 """
 
 
@@ -101,6 +110,9 @@ def add_recipe_and_job(p: argparse.ArgumentParser) -> None:
     g.add_argument("--force", action="store_true", help="replace the run already in --out")
     g.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation "
                    "(for job time limits) and --resume later")
+    g.add_argument("--dist-timeout", type=float, metavar="S", help="under torchrun: seconds a rank waits for the "
+                   f"others before it ends the job (default {d['dist_timeout']:g}; more than rank 0's per-epoch "
+                   "evaluation and checkpoint)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,6 +125,10 @@ def supernet_options(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     p.add_argument("--shadow-bn", action=argparse.BooleanOptionalAction,
                    help="one BN per path count (default on; --no-shadow-bn is the single-BN ablation)")
+    p.add_argument("--sampling", choices=SAMPLINGS, help=f"architectures per step (default {d['sampling']}): "
+                   "uniform trains one sampled architecture; fair trains a group of expansions x kernels "
+                   "architectures in which every kernel, expansion and (expansion, kernel) pair of each layer "
+                   "is used equally often, averaged into one update")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-archs", type=int, metavar="N", help=f"sampled subnets scored at the end "
                    f"(default {d['eval_archs']})")
