@@ -8,7 +8,8 @@ from .ops import available_backends, backend_status, mixed_depthwise_bn
 from .space import Arch, ArchError, SearchSpace, get_space
 
 # Imported on first use: they pull in pymoo, matplotlib, scikit-learn.
-_LAZY_MODULES = ("data", "evaluate", "ranking", "search", "training", "checkpoint")
+_LAZY_MODULES = ("data", "evaluate", "ranking", "search", "training", "checkpoint", "runs", "export", "latency",
+                 "stats", "shrink", "distributed", "sampling", "outdir", "differentiable")
 
 
 def __getattr__(name):

@@ -65,7 +65,7 @@ class TrainedRun:
 
 def _open(run, device, backend, data_dir):
     """(checkpoint, saved config, device, backend name, splits, space) of RUN, on this machine."""
-    from .training import TrainConfig, _check_device, _choose_backend, build_space, load_splits
+    from .training import TrainConfig, build_space, check_device, choose_backend, load_splits
 
     ckpt = load_checkpoint(run)
     saved = dict(ckpt["config"])
@@ -80,11 +80,11 @@ def _open(run, device, backend, data_dir):
         saved["device"] = "cpu"
     known = TrainConfig.__dataclass_fields__
     c = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    dev = _check_device(c.device)
+    dev = check_device(c.device)
     if backend is None and (c.fused or backend_status(dev).get(c.backend or "merged") != "available"):
         name = default_backend(dev)  # the fastest here: the run's own may not exist on this machine
     else:
-        name, _ = _choose_backend(c, dev)
+        name, _ = choose_backend(c, dev)
     splits = load_splits(c)
     return ckpt, saved, dev, name, splits, build_space(c, splits)
 

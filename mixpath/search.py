@@ -7,6 +7,12 @@ lexicographically (itertools.combinations order). With expansions (3, 6),
 kernels (3, 5, 7, 9) and m = 4, gene 0 is `3:3`, gene 14 is `3:3,5,7,9` and
 gene 15 is `6:3`.
 
+A restricted space (pockets, see `mixpath.space`) keeps that encoding, and the
+searches never leave its pockets: random search draws uniformly over the
+pockets' architectures; NSGA-II starts from such draws, and `PocketRepair`
+moves each offspring that crossover or mutation took outside every pocket into
+the pocket it misses least, redrawing only the genes that pocket does not allow.
+
 The search maximises a user-supplied `score(arch)` (supernet top-1 after BN
 recalibration: see `supernet_scorer`) and minimises FLOPs, parameters and/or a
 user-supplied latency (see `mixpath.latency`), optionally under hard bounds on
@@ -27,6 +33,7 @@ import json
 import math
 import operator
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -61,6 +68,20 @@ def layer_choices(space: SearchSpace) -> tuple[LayerChoice, ...]:
     return _choice_table(space)[0]
 
 
+def gene_masks(space: SearchSpace) -> np.ndarray:
+    """allowed[p, layer, gene]: whether pocket p of a restricted space allows `gene` at `layer` (full space: one
+    pocket allowing everything)."""
+    index = _choice_table(space)[1]
+    n_layers, n_choices = len(space.layers), space.choices_per_layer()
+    if not space.pockets:
+        return np.ones((1, n_layers, n_choices), dtype=bool)
+    allowed = np.zeros((len(space.pockets), n_layers, n_choices), dtype=bool)
+    for p, pocket in enumerate(space.pockets):
+        for i, choices in enumerate(pocket.layers):
+            allowed[p, i, [index[(c.expansion, c.kernels)] for c in choices]] = True
+    return allowed
+
+
 def encode(space: SearchSpace, arch: Arch | str) -> list[int]:
     """One gene per layer (see the module docstring); ArchError if arch does not fit the space."""
     arch = space.check(arch)
@@ -69,7 +90,8 @@ def encode(space: SearchSpace, arch: Arch | str) -> list[int]:
 
 
 def decode(space: SearchSpace, genes: Sequence[int]) -> Arch:
-    """The architecture of `genes`; ArchError for a wrong length, a non-integer or an out-of-range gene."""
+    """The architecture of `genes`; ArchError for a wrong length, a non-integer or an out-of-range gene, or
+    (in a restricted space) genes outside every pocket."""
     choices = layer_choices(space)
     genes = list(genes)
     if len(genes) != len(space.layers):
@@ -86,12 +108,30 @@ def decode(space: SearchSpace, genes: Sequence[int]) -> Arch:
             raise ArchError(f"gene {i} is {g}; space {space.name!r} has {len(choices)} choices per layer "
                             f"(valid genes 0..{len(choices) - 1})")
         layers.append(choices[g])
-    return Arch(tuple(layers))
+    arch = Arch(tuple(layers))
+    return space.check(arch) if space.pockets else arch
+
+
+def cheapest(space: SearchSpace, cost: Callable[[Arch], float]) -> Arch:
+    """The architecture of `space` (of its pockets, if restricted) with the least `cost`, a sum over layers
+    (FLOPs, parameters): per pocket, each layer takes its cheapest allowed choice."""
+    best = None
+    for allowed in gene_masks(space):
+        genes = [int(np.flatnonzero(layer)[0]) for layer in allowed]
+        for i, layer in enumerate(allowed):
+            genes[i] = min(np.flatnonzero(layer), key=lambda g: cost(decode(space, genes[:i] + [g] + genes[i + 1:])))
+        arch = decode(space, genes)
+        if best is None or cost(arch) < cost(best):
+            best = arch
+    return best
 
 
 def smallest(space: SearchSpace) -> Arch:
-    """Every layer at the smallest expansion with the smallest kernel alone: the least FLOPs and parameters."""
-    return decode(space, [0] * len(space.layers))
+    """Every layer at the smallest expansion with the smallest kernel alone: the least FLOPs and parameters.
+
+    In a restricted space: the pockets' architecture with the least FLOPs.
+    """
+    return cheapest(space, space.flops) if space.pockets else decode(space, [0] * len(space.layers))
 
 
 # -- scoring ----------------------------------------------------------------
@@ -99,6 +139,14 @@ def supernet_scorer(net, calibration: Callable[[], Iterable], validation: Callab
                     ) -> Callable[[Arch], float]:
     """`score(arch)` for the searches: BN recalibration on `calibration()`, then top-1 on `validation()`."""
     return lambda arch: score_arch(net, arch, calibration, validation)
+
+
+def scoring_meta(run, batch_size: int | None = None, calib_batches: int | None = None) -> dict:
+    """What the scores of `run.scorer(batch_size=..., calib_batches=...)` depend on besides the space and
+    layout: an `EvaluationLog`'s `meta`, so a log is reused only with the same supernet and batches."""
+    return {"run": str(run.checkpoint.resolve()), "epoch": run.epoch,
+            "batch_size": batch_size or run.config["batch_size"],
+            "calib_batches": calib_batches or run.config["calib_batches"]}
 
 
 @dataclass(frozen=True)
@@ -129,15 +177,17 @@ class EvaluationLog:
     line it cut short is ignored on load (and overwritten by the next entry).
     Entries from another context are refused, naming the line, so one log never
     mixes scores from different supernets or spaces. When an architecture is
-    listed twice (its latency added later), the last entry wins.
+    listed twice (its latency added later), the last entry wins. A restricted
+    space's scores are its full space's (the pockets change what is searched,
+    not a score), so a log is shared by the full space and any shrunk version.
     """
 
     def __init__(self, path: str | os.PathLike | None, space: SearchSpace, *, layout: str = "mixpath",
                  meta: dict | None = None):
         self.path = None if path is None else Path(path)
-        self.space = space
+        self.space = space.unrestricted()
         # through JSON, so tuples and lists compare equal to what a load reads back
-        self.context = json.loads(json.dumps({"space": space.to_dict(), "layout": layout, **(meta or {})}))
+        self.context = json.loads(json.dumps({"space": self.space.to_dict(), "layout": layout, **(meta or {})}))
         self._entries: dict[Arch, Candidate] = {}
         self._tail_fix: tuple[int, bytes] | None = None  # (offset, bytes) to mend a last line without newline
         if self.path is not None and self.path.exists():
@@ -259,13 +309,14 @@ def _check_objectives(objectives, latency) -> tuple[str, ...]:
 
 
 def _check_limits(space: SearchSpace, layout: str, max_flops, max_params) -> dict:
-    """The bounds given, after checking that the smallest architecture of the space meets them."""
-    least = smallest(space)
+    """The bounds given, after checking that the cheapest architecture of the space meets them."""
     limits = {}
-    for name, bound, lowest in (("max_flops", max_flops, space.flops(least)),
-                                ("max_params", max_params, space.params(least, layout))):
+    for name, bound, cost in (("max_flops", max_flops, space.flops),
+                              ("max_params", max_params, lambda a: space.params(a, layout))):
         if bound is None:
             continue
+        least = cheapest(space, cost)
+        lowest = cost(least)
         if bound < lowest:
             raise ValueError(f"{name} = {bound} is below what any architecture of space {space.name!r} needs: "
                              f"the smallest ({least}) has {lowest}; raise {name} to at least {lowest}")
@@ -290,7 +341,7 @@ class _Evaluator:
         self.space, self.score, self.objectives, self.latency = space, score, objectives, latency
         self.layout, self.limits, self.bar = layout, limits, bar
         self.log = log if log is not None else EvaluationLog(None, space, layout=layout)
-        if self.log.space != space or self.log.context["layout"] != layout:
+        if self.log.space != space.unrestricted() or self.log.context["layout"] != layout:
             raise ValueError("the evaluation log was opened for another space or layout than this search's")
         self.seen: dict[Arch, Candidate] = {}  # this search's architectures, in order of first evaluation
         self.n_evaluations = 0
@@ -339,10 +390,13 @@ def _check_settings(objectives, latency, layout) -> tuple[str, ...]:
 # -- NSGA-II ------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _pymoo_classes():
-    """ResetMutation and the encoding as a pymoo Problem, defined on first use (the GPU machine has no pymoo)."""
+    """ResetMutation, the pocket operators and the encoding as a pymoo Problem, defined on first use (the GPU
+    machine has no pymoo)."""
     try:
         from pymoo.core.mutation import Mutation
         from pymoo.core.problem import Problem
+        from pymoo.core.repair import Repair
+        from pymoo.core.sampling import Sampling
     except ModuleNotFoundError:
         raise ModuleNotFoundError("NSGA-II needs pymoo: `pip install pymoo`, or use random search "
                                   "(--strategy random), which runs without it") from None
@@ -358,6 +412,31 @@ def _pymoo_classes():
             X = np.array(X, dtype=int)
             redraw = random_state.random(X.shape) < self.get_prob_var(problem, size=(len(X), 1))
             X[redraw] = random_state.integers(problem.xl, problem.xu + 1, size=X.shape)[redraw]
+            return X
+
+    class PocketSampling(Sampling):
+        """The first population of a restricted space: uniform over the pockets' architectures."""
+
+        def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+            space = problem.evaluator.space
+            rng = random.Random(int(random_state.integers(2 ** 63)))
+            return np.array([encode(space, space.sample_uniform(rng)) for _ in range(n_samples)], dtype=int)
+
+    class PocketRepair(Repair):
+        """Moves an individual outside every pocket into the pocket it misses least (ties: a random one),
+        redrawing each gene that pocket does not allow uniformly among those it does."""
+
+        def _do(self, problem, X, random_state=None, **kwargs):
+            allowed = gene_masks(problem.evaluator.space)
+            X = np.array(X, dtype=int)
+            layers = np.arange(X.shape[1])
+            for row in X:
+                misses = (~allowed[:, layers, row]).sum(1)
+                if misses.min() == 0:
+                    continue
+                pocket = allowed[random_state.choice(np.flatnonzero(misses == misses.min()))]
+                for i in np.flatnonzero(~pocket[layers, row]):
+                    row[i] = random_state.choice(np.flatnonzero(pocket[i]))
             return X
 
     class ArchProblem(Problem):
@@ -387,7 +466,7 @@ def _pymoo_classes():
             if ev.limits:
                 out["G"] = np.asarray(G, dtype=float)
 
-    return ResetMutation, ArchProblem
+    return ResetMutation, ArchProblem, PocketSampling, PocketRepair
 
 
 def __getattr__(name):
@@ -414,19 +493,22 @@ def nsga2_search(space: SearchSpace, score: Callable[[Arch], float], objectives:
     architecture is scored once, through `log` when given (a resumed search
     rescoring nothing it logged). max_flops / max_params are pymoo inequality
     constraints; individuals outside them are counted in `n_rejected` and never
-    scored. ValueError for a bound no architecture of the space can meet.
+    scored. ValueError for a bound no architecture of the space can meet. In a
+    restricted space, PocketSampling and PocketRepair keep every individual in
+    the pockets (see the module docstring).
     """
     objectives = _check_settings(objectives, latency, layout)
     if population < 2 or generations < 1:
         raise ValueError(f"need population >= 2 and generations >= 1; got {population}, {generations}")
     limits = _check_limits(space, layout, max_flops, max_params)
-    ResetMutation, ArchProblem = _pymoo_classes()
+    ResetMutation, ArchProblem, PocketSampling, PocketRepair = _pymoo_classes()
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.ux import UniformCrossover
     from pymoo.operators.sampling.rnd import IntegerRandomSampling
     from pymoo.optimize import minimize
 
-    algorithm = NSGA2(pop_size=population, sampling=IntegerRandomSampling(),
+    pockets = dict(sampling=PocketSampling(), repair=PocketRepair()) if space.pockets else {}
+    algorithm = NSGA2(pop_size=population, **{"sampling": IntegerRandomSampling(), **pockets},
                       crossover=UniformCrossover(prob=0.9), mutation=ResetMutation(),
                       eliminate_duplicates=True)
     with tqdm(total=population * generations, desc="NSGA-II", unit="arch", disable=not progress) as bar:
@@ -448,7 +530,8 @@ def random_search(space: SearchSpace, score: Callable[[Arch], float], objectives
     before scoring and redrawn (counted in `n_rejected`), so the baseline gets
     `budget` feasible evaluations. Uniform over genes, not the training
     sampler: every architecture is equally likely, as for NSGA-II's first
-    population. Seeded with numpy's default_rng(seed); runs without pymoo.
+    population. Seeded with numpy's default_rng(seed) (a restricted space: with
+    random.Random(seed), through `space.sample_uniform`); runs without pymoo.
     """
     objectives = _check_settings(objectives, latency, layout)
     if budget < 1:
@@ -456,11 +539,16 @@ def random_search(space: SearchSpace, score: Callable[[Arch], float], objectives
     limits = _check_limits(space, layout, max_flops, max_params)
     rng = np.random.default_rng(seed)
     n_choices, n_layers = space.choices_per_layer(), len(space.layers)
+    if space.pockets:
+        pocket_rng = random.Random(seed)
+        draw = lambda: space.sample_uniform(pocket_rng)  # noqa: E731
+    else:
+        draw = lambda: decode(space, rng.integers(0, n_choices, size=n_layers))  # noqa: E731
     max_rejected = 1000 * budget  # a bound that admits almost nothing would otherwise draw forever
     with tqdm(total=budget, desc="random search", unit="arch", disable=not progress) as bar:
         evaluator = _Evaluator(space, score, objectives, latency, layout, log, limits, bar)
         while evaluator.n_evaluations < budget:
-            arch = decode(space, rng.integers(0, n_choices, size=n_layers))
+            arch = draw()
             if any(v > 0 for v in evaluator.violations(arch)):
                 evaluator.n_rejected += 1
                 if evaluator.n_rejected > max_rejected:
@@ -528,6 +616,6 @@ def save_front(result: SearchResult, out_dir) -> dict[str, Path]:
 
 
 # ResetMutation is left out: `import *` must work without pymoo
-__all__ = ["Candidate", "EvaluationLog", "FRONT_FILES", "OBJECTIVES", "STRATEGIES", "SearchResult", "decode",
-           "encode", "layer_choices", "non_dominated", "nsga2_search", "plot_pareto", "random_search", "save_front",
-           "smallest", "supernet_scorer"]
+__all__ = ["Candidate", "EvaluationLog", "FRONT_FILES", "OBJECTIVES", "STRATEGIES", "SearchResult", "cheapest",
+           "decode", "encode", "gene_masks", "layer_choices", "non_dominated", "nsga2_search", "plot_pareto",
+           "random_search", "save_front", "scoring_meta", "smallest", "supernet_scorer"]

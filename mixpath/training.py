@@ -62,7 +62,7 @@ from .ops.registry import AUTO_ORDER
 from .distributed import RankFailure, Ranks
 from .outdir import OutputError, OutputFolder
 from .sampling import SAMPLINGS, make_sampler, rank_share
-from .space import SPACES, Arch, ArchError, SearchSpace, get_space
+from .space import POCKET_SAMPLING, SPACES, Arch, ArchError, SearchSpace, get_space, load_space_file
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingError", "Terminated", "DEFAULTS", "DATASET_DEFAULTS",
            "IDENTITY_KEYS", "DATASETS", "train", "retrain", "resolve", "build_space", "load_splits",
@@ -98,6 +98,8 @@ class TrainConfig:
     augment: bool | None = None
     # search space and supernet
     space: str | None = None
+    space_file: str | None = None  # a `mixpath shrink` space.json: only its pockets' architectures
+    pocket_sampling: str | None = None  # with space_file: "arch" uniform over them, "pocket" a pocket first
     max_paths: int | None = None
     kernels: list[int] | None = None
     expansions: list[int] | None = None
@@ -138,13 +140,14 @@ class TrainConfig:
 
 # The release's S1 recipe (MIXPATH.md) and the switches' defaults.
 DEFAULTS = dict(data="digits", max_paths=4, kernels=[3, 5, 7, 9], expansions=[3, 6], width_mult=1.0,
-                layout="mixpath", shadow_bn=True, sampling="uniform", momentum=0.9, weight_decay=3e-4, grad_clip=5.0, seed=2020,
+                layout="mixpath", shadow_bn=True, sampling="uniform", pocket_sampling="arch", momentum=0.9,
+                weight_decay=3e-4, grad_clip=5.0, seed=2020,
                 fused=False, amp="none", channels_last=False, eval_archs=10, eval_arch=[], calib_batches=20,
                 dist_timeout=distributed.DEFAULT_TIMEOUT)
 # Identity settings added after checkpoints were written without them, with the value those runs used.
-ADDED_IDENTITY = {"sampling": "uniform"}
+ADDED_IDENTITY = {"sampling": "uniform", "pocket_sampling": "arch"}
 
-# digits is the quick demo: 1437 training images of 16 px, where the release's 200 epochs of batch 96 with
+# digits is the quick demo: 1077 training images of 16 px, where the release's 200 epochs of batch 96 with
 # crop/flip/Cutout would take an hour to learn what 12 plain epochs of batch 32 reach (>0.95 mean subnet
 # accuracy) in about a minute. Flips and half-image Cutout also destroy digits at 16 px. Its layers are
 # too small to split across cores, and idle OpenMP threads spin against other processes: one thread.
@@ -158,9 +161,9 @@ DATASET_DEFAULTS = {
 }
 
 # What the run computes: a checkpoint continues only under these same values.
-IDENTITY_KEYS = ("data", "val_size", "image_size", "augment", "space", "max_paths", "kernels", "expansions",
-                 "width_mult", "layout", "shadow_bn", "sampling", "arch", "epochs", "batch_size", "lr", "momentum",
-                 "weight_decay", "grad_clip", "seed")
+IDENTITY_KEYS = ("data", "val_size", "image_size", "augment", "space", "space_file", "pocket_sampling", "max_paths",
+                 "kernels", "expansions", "width_mult", "layout", "shadow_bn", "sampling", "arch", "epochs",
+                 "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "seed")
 # Per invocation: never inherited from a checkpoint.
 JOB_KEYS = ("out", "resume", "stop_after", "force")
 # Where a resumed run continues with other rounding than an uninterrupted one would.
@@ -225,7 +228,7 @@ def _check_ranges(c: TrainConfig) -> None:
             raise ConfigError(f"{flag(key)} {getattr(c, key)!r} is out of range: {what}")
 
     for key, choices in (("data", DATASETS), ("space", tuple(SPACES)), ("layout", LAYOUTS), ("amp", AMP_MODES),
-                         ("sampling", SAMPLINGS)):
+                         ("sampling", SAMPLINGS), ("pocket_sampling", POCKET_SAMPLING)):
         need(getattr(c, key) in choices, key, f"choose one of {', '.join(choices)}")
     need(c.epochs >= 1, "epochs", "train for at least 1 epoch")
     need(c.batch_size >= 1, "batch_size", "use a positive batch size")
@@ -261,7 +264,9 @@ def _check_ranges(c: TrainConfig) -> None:
         raise ConfigError(f"--fused and --backend {c.backend} both choose the backend: pass one of them")
 
 
-def _check_device(name: str, ranks: Ranks) -> torch.device:
+def check_device(name: str, ranks: Ranks | None = None) -> torch.device:
+    """`name` as a torch.device that exists here (under torchrun: this rank's GPU); ConfigError otherwise."""
+    ranks = ranks or Ranks()
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -288,7 +293,7 @@ def _check_device(name: str, ranks: Ranks) -> torch.device:
     return device
 
 
-def _choose_backend(c: TrainConfig, device: torch.device) -> tuple[str, str]:
+def choose_backend(c: TrainConfig, device: torch.device) -> tuple[str, str]:
     """(backend name, a note for the log)."""
     status = backend_status(device)
     if c.fused:
@@ -326,13 +331,17 @@ def _check_out(c: TrainConfig, checkpoint: dict | None) -> Path | None:
 
 
 def build_space(c: TrainConfig, splits: Splits) -> SearchSpace:
-    """The search space `c` names, sized for the data; ConfigError if it cannot be built."""
+    """The search space `c` names, sized for the data, restricted to a shrunk space's pockets with
+    `space_file`; ConfigError if it cannot be built (SpaceFileError, an ArchError, for a bad space file)."""
     try:
-        return get_space(c.space, max_paths=c.max_paths, kernel_sizes=tuple(c.kernels),
-                         expansions=tuple(c.expansions), width_mult=c.width_mult,
-                         num_classes=splits.num_classes, input_size=splits.image_size)
+        space = get_space(c.space, max_paths=c.max_paths, kernel_sizes=tuple(c.kernels),
+                          expansions=tuple(c.expansions), width_mult=c.width_mult,
+                          num_classes=splits.num_classes, input_size=splits.image_size)
     except ValueError as e:
         raise ConfigError(f"cannot build the {c.space} space: {e}") from None
+    if c.space_file is not None:
+        space = load_space_file(c.space_file, space, sampling=c.pocket_sampling)
+    return space
 
 
 def load_splits(c: TrainConfig) -> Splits:
@@ -398,8 +407,8 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
                 f"{ranks.world_size}: another world size is another global batch (--batch-size is per rank), so "
                 f"resume with {saved_world} in all (torchrun --nnodes x --nproc_per_node), or start a fresh run")
     _check_ranges(c)
-    device = _check_device(c.device, ranks)
-    backend, note = _choose_backend(c, device)
+    device = check_device(c.device, ranks)
+    backend, note = choose_backend(c, device)
     if c.amp != "none" and not torch.amp.is_autocast_available(device.type):
         raise ConfigError(f"--amp {c.amp}: torch has no autocast for {device.type}; drop --amp")
     notes = []
@@ -570,8 +579,8 @@ class _Run:
         model.train()
         # This rank's shard of each global batch: the same images, in the same order, as one process would take.
         data = batches(plan.splits.train, plan.global_batch, train=True, epoch=self.epoch, seed=c.seed,
-                       device=plan.device, augment=c.augment, channels_last=c.channels_last, workers=c.workers)
-        shard = slice(ranks.rank * c.batch_size, (ranks.rank + 1) * c.batch_size)
+                       device=plan.device, augment=c.augment, channels_last=c.channels_last, workers=c.workers,
+                       shard=(ranks.rank, ranks.world_size))
         # Sums stay on the device; reading them only every few steps keeps GPUs from syncing each step.
         # Non-finite losses (fp16 overflow, which GradScaler skips) are counted apart from the mean.
         loss_sum = torch.zeros((), device=plan.device)
@@ -582,7 +591,6 @@ class _Run:
         bar = tqdm(data, total=len(data), desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=None if ranks.main else True, dynamic_ncols=True, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            x, y = x[shard], y[shard]
             group, archs = self._step_archs()
             self.optimizer.zero_grad(set_to_none=True)
             step_finite = torch.ones((), device=plan.device, dtype=torch.bool)

@@ -374,6 +374,28 @@ def test_folder_crops_are_deterministic_and_worker_independent(tmp_path):
     assert not torch.equal(run(1, 0)[0], x0)
 
 
+def _sharded_equals_whole(data, batch_size, world, **kw):
+    whole = list(batches(data, batch_size, train=True, epoch=1, seed=5, device="cpu", **kw))
+    parts = [list(batches(data, batch_size, train=True, epoch=1, seed=5, device="cpu", shard=(r, world), **kw))
+             for r in range(world)]
+    assert all(len(p) == len(whole) for p in parts)
+    for b, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[b][0] for p in parts]), x) and torch.equal(torch.cat([p[b][1] for p in parts]), y)
+        assert all(len(p[b][1]) == batch_size // world for p in parts)
+
+
+def test_shards_of_a_global_batch_are_its_consecutive_parts(tmp_path):
+    _sharded_equals_whole(id_set(random_images(26), pad=2, cutout=4), 8, 2)  # augmented: the same draws
+    _sharded_equals_whole(id_set(random_images(26)), 9, 3, augment=False)
+    root = tmp_path / "train" / "a"
+    root.mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    _sharded_equals_whole(load_data("folder", str(tmp_path), image_size=8, val_size=1).train, 4, 2, workers=0)
+    with pytest.raises(DataError, match="multiple of 2"):
+        batches(id_set(random_images(8)), 5, train=True, epoch=0, seed=0, device="cpu", shard=(0, 2))
+
+
 def test_folder_test_centre_crop_and_train_flip(tmp_path):
     # 16x16: green inside a 1-pixel red border, the left half of the inside darker.
     pixels = np.zeros((16, 16, 3), np.uint8)

@@ -5,6 +5,8 @@
     mixpath retrain   train one architecture from scratch        (cli/retrain.py, over mixpath.training.retrain)
     mixpath rank      how well a supernet ranks, against retrained truth  (cli/rank.py, over mixpath.ranking)
     mixpath export    a standalone inference model of a subnet   (cli/export.py, over mixpath.export)
+    mixpath stats     j-path sums against single paths, per layer  (cli/stats.py, over mixpath.stats)
+    mixpath shrink    shrink the space to pockets of good archs   (cli/shrink.py, over mixpath.shrink)
 
 Each module holds only argument parsing and printing: everything it does is a
 library function a user can call from Python too.
@@ -16,7 +18,7 @@ import sys
 
 from .common import Parser
 
-COMMANDS = ("train", "search", "retrain", "rank", "export")
+COMMANDS = ("train", "search", "retrain", "rank", "export", "stats", "shrink")
 
 
 def build_parser() -> Parser:

@@ -7,6 +7,7 @@ one depthwise kernel, every BatchNorm is folded into the conv before it, and the
 result is saved with torch.export: `torch.export.load(FILE.pt2).module()` runs
 without mixpath. The export is checked against the network in eval mode on a
 batch of validation images and refused if they disagree beyond float32 rounding.
+--space-file (a `mixpath shrink` result) refuses an ARCH outside its pockets.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="D", help="where the run's dataset is now (default: where it was)")
     p.add_argument("--check-batch", type=int, default=32, metavar="N",
                    help="validation images the export is checked on (default 32)")
+    p.add_argument("--space-file", metavar="FILE", help="a shrunk space (space.json of `mixpath shrink`): refuse "
+                   "an architecture outside its pockets")
     return p
 
 
@@ -43,11 +46,17 @@ def network_to_export(args):
     from ..calibrate import calibrate_bn
     from ..checkpoint import load_checkpoint
     from ..runs import open_retrained, open_run
+    from ..space import load_space_file
+
+    def in_space(space):
+        return space if args.space_file is None else load_space_file(args.space_file, space)
 
     given = None if args.arch is None and args.from_front is None else read_arch(args.arch, args.from_front,
                                                                                  args.pick)
     if load_checkpoint(args.from_run)["config"].get("arch") is not None:
         net, splits, space, config = open_retrained(args.from_run, device=args.device, data_dir=args.data_dir)
+        space = in_space(space)
+        space.check(net.arch)
         if given is not None and space.parse(given) != net.arch:
             raise UsageError(f"--from {args.from_run} retrained {net.arch}, not {given}: drop ARCH or pass the "
                              "retrain folder of that architecture")
@@ -56,11 +65,12 @@ def network_to_export(args):
         raise UsageError(f"--from {args.from_run} is a supernet: give the ARCH to export (or --from-front "
                          "FILE --pick N)")
     run = open_run(args.from_run, device=args.device, data_dir=args.data_dir)
-    arch = run.space.parse(given)
+    space = in_space(run.space)
+    arch = space.parse(given)
     net = run.supernet.subnet(arch)  # a copy: recalibrating it leaves the supernet as it was
     calibration, _ = run.batch_factories()
     calibrate_bn(net, None, calibration())
-    return net.eval(), arch, run.space, run.splits, run.config["layout"]
+    return net.eval(), arch, space, run.splits, run.config["layout"]
 
 
 def export(args) -> dict:

@@ -6,7 +6,9 @@ on a copy), and compares both rankings with the stand-alone accuracies: Kendall
 tau with a 95% bootstrap interval over architectures, Spearman, top-k overlap.
 `mixpath rank --collect RETRAIN_DIR... --out truth.csv` first gathers the
 summaries of `mixpath retrain` runs into such a truth file (mean validation
-accuracy and count per architecture retrained with several seeds).
+accuracy and count per architecture retrained with several seeds). With
+--space-file (a `mixpath shrink` result), every truth architecture must lie in
+its pockets: the ranking inside the shrunk space.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("--space-file", metavar="FILE", help="a shrunk space (space.json of `mixpath shrink`): refuse "
+                   "truth architectures outside its pockets")
     add_run_options(p)
     return p
 
@@ -70,6 +74,7 @@ def rank(args) -> dict:
     from .. import ranking
     from ..checkpoint import atomic_write
     from ..outdir import OutputFolder
+    from ..space import load_space_file
 
     if args.run is None or args.truth is None:
         raise UsageError("give RUN and --truth FILE (or --collect RETRAIN_DIR... to make a truth file)")
@@ -78,8 +83,9 @@ def rank(args) -> dict:
     if not Path(args.truth).is_file():
         raise UsageError(f"--truth {args.truth} does not exist: pass a truth file (mixpath rank --collect makes one)")
     run = open_run_from(args)
+    space = run.space if args.space_file is None else load_space_file(args.space_file, run.space)
     try:
-        truth = ranking.load_ground_truth(args.truth, run.space)
+        truth = ranking.load_ground_truth(args.truth, space)
         if len(truth) < 3:
             raise ValueError(f"{args.truth}: {len(truth)} architectures; a ranking needs at least 3")
     except ValueError as e:
@@ -93,7 +99,8 @@ def rank(args) -> dict:
                                                                  recalibrate=False)]
         after = [acc for _, acc in ranking.rank_architectures(run.supernet, archs, calibration, validation)]
         report = ranking.rank_report(archs, standalone, after, before, n_resamples=args.bootstrap, seed=args.seed)
-        report = {"run": str(run.checkpoint.resolve()), "truth": str(Path(args.truth).resolve()), **report}
+        report = {"run": str(run.checkpoint.resolve()), "truth": str(Path(args.truth).resolve()),
+                  "space_file": None if args.space_file is None else str(Path(args.space_file).resolve()), **report}
         atomic_write(out / "ranking.json", lambda f: f.write(json.dumps(report, indent=2) + "\n"), binary=False)
         text = io.StringIO(newline="")
         writer = csv.writer(text)

@@ -20,8 +20,8 @@ from .train import add_arguments
 
 HELP = "train one architecture from scratch (ground truth for ranking)"
 # What a supernet run fixes about the network and its data.
-FROM_RUN_KEYS = ("data", "data_dir", "val_size", "image_size", "space", "max_paths", "kernels", "expansions",
-                 "width_mult", "layout")
+FROM_RUN_KEYS = ("data", "data_dir", "val_size", "image_size", "space", "space_file", "max_paths", "kernels",
+                 "expansions", "width_mult", "layout")
 SEARCH_SETTINGS = "search.json"
 
 EPILOG = """\

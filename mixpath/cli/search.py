@@ -5,7 +5,8 @@ batches, on a copy (the supernet never changes); FLOPs and parameters are
 analytic; latency is measured on --device (warm-up, synchronised, median) and
 cached per architecture. Every architecture scored is appended to
 DIR/evaluated.jsonl as it is scored: --resume after a kill continues without
-scoring any of them again.
+scoring any of them again. --space-file searches only inside the pockets of a
+`mixpath shrink` result: no individual ever leaves them.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--max-params", type=float, metavar="P", help="hard bound on parameters (e.g. 5e6)")
     g.add_argument("--latency-batch", type=int, default=32, metavar="N",
                    help="batch size at which latency is measured (default 32)")
+    g.add_argument("--space-file", metavar="FILE", help="search only inside the pockets of this shrunk space "
+                   "(the space.json of `mixpath shrink` on the same run)")
     g = p.add_argument_group("the job")
     g.add_argument("--resume", action="store_true", help="continue a search in DIR (nothing is scored twice)")
     g.add_argument("--force", action="store_true", help="replace the search in DIR")
@@ -78,9 +81,11 @@ def search(args) -> dict:
     from ..checkpoint import atomic_write
     from ..latency import LatencyCache
     from ..outdir import OutputFolder
+    from ..space import load_space_file
 
     _check(args)
     run = open_run_from(args)
+    space = run.space if args.space_file is None else load_space_file(args.space_file, run.space)
     with OutputFolder(args.out) as folder:
         out = folder.path
         folder.claim(OUTPUTS, resume=args.resume, force=args.force)
@@ -89,10 +94,8 @@ def search(args) -> dict:
                 (out / name).unlink(missing_ok=True)
         score = run.scorer(batch_size=args.batch_size, calib_batches=args.calib_batches)
         # What the logged scores depend on: a resumed search must score with the same supernet and batches.
-        meta = {"run": str(run.checkpoint.resolve()), "epoch": run.epoch,
-                "batch_size": args.batch_size or run.config["batch_size"],
-                "calib_batches": args.calib_batches or run.config["calib_batches"]}
-        log = lib.EvaluationLog(out / "evaluated.jsonl", run.space, layout=run.config["layout"], meta=meta)
+        meta = lib.scoring_meta(run, args.batch_size, args.calib_batches)
+        log = lib.EvaluationLog(out / "evaluated.jsonl", space, layout=run.config["layout"], meta=meta)
         latency = None
         if "latency" in args.objectives:
             shape = (args.latency_batch, 3, run.splits.image_size, run.splits.image_size)
@@ -100,16 +103,19 @@ def search(args) -> dict:
         common = dict(objectives=args.objectives, seed=args.seed, latency=latency, layout=run.config["layout"],
                       max_flops=args.max_flops, max_params=args.max_params, log=log)
         print(f"{run.describe()}; {len(log)} architectures already scored in {out / 'evaluated.jsonl'}")
+        if space.pockets:
+            print(space.describe())
         try:
             if args.strategy == "nsga2":
-                result = lib.nsga2_search(run.space, score, population=args.population,
+                result = lib.nsga2_search(space, score, population=args.population,
                                           generations=args.generations, **common)
             else:
-                result = lib.random_search(run.space, score, budget=args.population * args.generations, **common)
+                result = lib.random_search(space, score, budget=args.population * args.generations, **common)
         except ValueError as e:  # the library's checks of objectives and bounds, before any scoring
             raise UsageError(str(e)) from None
         lib.save_front(result, out)
         settings = {"run": str(run.checkpoint.resolve()), "device": str(run.device),
+                    "space_file": None if args.space_file is None else str(Path(args.space_file).resolve()),
                     "latency_batch": args.latency_batch, "max_flops": args.max_flops, "max_params": args.max_params,
                     **{k: v for k, v in result.to_dict().items() if k != "front"}}
         atomic_write(out / "search.json", lambda f: f.write(json.dumps(settings, indent=2) + "\n"), binary=False)

@@ -67,6 +67,10 @@ def add_data_and_space(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search space and supernet")
     g.add_argument("--space", choices=("tiny", "cifar", "imagenet"),
                    help="default by --data: digits tiny, cifar10 cifar, folder imagenet")
+    g.add_argument("--space-file", metavar="FILE", help="only the pockets of this shrunk space (the space.json "
+                   "of `mixpath shrink`)")
+    g.add_argument("--pocket-sampling", choices=("arch", "pocket"), help="with --space-file: uniform over the "
+                   "pockets' architectures (arch, default) or a uniform pocket first (pocket)")
     g.add_argument("--max-paths", type=int, metavar="M",
                    help=f"paths active per layer, 1..4 (default {d['max_paths']})")
     g.add_argument("--kernels", type=int_list, metavar="K,K", help="depthwise kernel sizes (default 3,5,7,9)")

@@ -59,7 +59,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def batches(data: ImageSet, batch_size: int, *, train: bool, epoch: int, seed: int, device, augment: bool = True,
-            drop_last: bool | None = None, channels_last: bool = False, workers: int | None = None) -> Batches:
+            drop_last: bool | None = None, channels_last: bool = False, workers: int | None = None,
+            shard: tuple[int, int] = (0, 1)) -> Batches:
     """Normalised float32 NCHW batches and int64 labels on `device`.
 
     train=True: shuffled, augmented unless augment=False (then folder images get
@@ -67,9 +68,18 @@ def batches(data: ImageSet, batch_size: int, *, train: bool, epoch: int, seed: i
     drop_last=False. train=False: file order, no augmentation, every image.
     Deterministic from (seed, epoch). workers: DataLoader workers for a
     FolderImageSet (default min(4, CPUs)); in-memory sets ignore it.
+
+    shard=(rank, world): `batch_size` is the global batch; this rank gets its
+    batch_size // world consecutive images of each, with the same order and
+    augmentation draws as one process taking the whole batch, and reads (decodes)
+    only those. Sharding needs whole batches (train with the partial one dropped).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be positive, got {batch_size}")
+    rank, world = shard
+    if world > 1 and (batch_size % world or not (train if drop_last is None else drop_last)):
+        raise DataError(f"sharding a batch of {batch_size} over {world} ranks needs a multiple of {world} and "
+                        "whole batches (drop_last)")
     drop = train if drop_last is None else drop_last
     n = num_batches(data, batch_size, train=train, drop_last=drop)
     if n == 0:
@@ -81,9 +91,10 @@ def batches(data: ImageSet, batch_size: int, *, train: bool, epoch: int, seed: i
     mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
     if isinstance(data, TensorImageSet):
-        it = _tensor_batches(data, order, batch_size, n, gen if augment else None, device, mean, std)
+        it = _tensor_batches(data, order, batch_size, n, gen if augment else None, device, mean, std, shard)
     elif isinstance(data, FolderImageSet):
-        it = _folder_batches(data, order, batch_size, drop, gen if augment else None, device, mean, std, workers)
+        it = _folder_batches(data, order, batch_size, n, drop, gen if augment else None, device, mean, std,
+                             workers, shard)
     else:
         raise TypeError(f"batches() takes a TensorImageSet or FolderImageSet, not {type(data).__name__}")
     if channels_last:
@@ -91,8 +102,16 @@ def batches(data: ImageSet, batch_size: int, *, train: bool, epoch: int, seed: i
     return Batches(it, n)
 
 
+def _shard_positions(b: int, batch_size: int, shard: tuple[int, int]) -> slice:
+    """Positions in the epoch's order of batch b's images for this rank: a consecutive part of the batch."""
+    rank, world = shard
+    part = batch_size // world
+    return slice(b * batch_size + rank * part, b * batch_size + (rank + 1) * part)
+
+
 def _tensor_batches(data: TensorImageSet, order: Tensor, batch_size: int, n: int, gen: torch.Generator | None,
-                    device: torch.device, mean: Tensor, std: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+                    device: torch.device, mean: Tensor, std: Tensor,
+                    shard: tuple[int, int]) -> Iterator[tuple[Tensor, Tensor]]:
     images, labels = data.images_on(device), data.labels.to(device)
     order = order.to(device)
     size, pad, cut = data.image_size, data.pad, data.cutout
@@ -104,7 +123,7 @@ def _tensor_batches(data: TensorImageSet, order: Tensor, batch_size: int, n: int
         centre = torch.randint(0, size, (2, count), generator=gen).to(device)
         ar = torch.arange(size, device=device)
     for b in range(n):
-        pos = slice(b * batch_size, (b + 1) * batch_size)
+        pos = _shard_positions(b, batch_size, shard)
         idx = order[pos]
         x = images[idx]
         if gen is not None:
@@ -125,14 +144,16 @@ def _tensor_batches(data: TensorImageSet, order: Tensor, batch_size: int, n: int
         yield x, labels[idx]
 
 
-def _folder_batches(data: FolderImageSet, order: Tensor, batch_size: int, drop: bool, gen: torch.Generator | None,
-                    device: torch.device, mean: Tensor, std: Tensor,
-                    workers: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+def _folder_batches(data: FolderImageSet, order: Tensor, batch_size: int, n: int, drop: bool,
+                    gen: torch.Generator | None, device: torch.device, mean: Tensor, std: Tensor,
+                    workers: int | None, shard: tuple[int, int]) -> Iterator[tuple[Tensor, Tensor]]:
     # Each image gets its own crop seed drawn here, so crops do not depend on which worker decodes it.
     crop_seeds = [0] * len(data) if gen is None else torch.randint(0, 2**62, (len(data),), generator=gen).tolist()
+    items = list(zip(order.tolist(), crop_seeds))
+    if shard[1] > 1:
+        items = [item for b in range(n) for item in items[_shard_positions(b, batch_size, shard)]]
     loader = DataLoader(
-        FolderReader(data, random_crop=gen is not None), batch_size=batch_size,
-        sampler=list(zip(order.tolist(), crop_seeds)),
+        FolderReader(data, random_crop=gen is not None), batch_size=batch_size // shard[1], sampler=items,
         num_workers=min(4, os.cpu_count() or 1) if workers is None else workers, collate_fn=collate,
         drop_last=drop, pin_memory=device.type == "cuda")
     for batch in loader:
