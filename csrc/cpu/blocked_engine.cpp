@@ -71,12 +71,21 @@ MIXPATH_KERNEL void btconv_row(const float* dz, int64_t ld, const float* wv, flo
   for (; q < count; ++q) btconv_block<K, D, E, 1>(dz + q * L, ld, wv, out + 2 * q * L);
 }
 
-// dw[a][b] = sum_{p, q} dz[p][q] * x_tile[S p + a][S q + b], per lane.
+// dw[a][b] += sum_{p, q} dz[p][q] * x_tile[S p + a][S q + b], per lane (dw as
+// [tap][lane] doubles): float32 over kRun positions at a time, then in double.
 template <int K, int S>
 MIXPATH_KERNEL void bdw_tile(const float* xt, int64_t ldx, const float* dz, int64_t ldz, int64_t Ho, int64_t Wo,
-                             float* dw) {
+                             double* dw) {
   for (int a = 0; a < K; ++a) {
     VL acc[K] = {};
+    const auto flush = [&] {
+      for (int b = 0; b < K; ++b) {
+        double* d = dw + (a * K + b) * L;
+        storeu(d, loadu<f64x16>(d) + widen(acc[b]));
+        acc[b] = VL{};
+      }
+    };
+    int64_t run = 0;
     for (int64_t p = 0; p < Ho; ++p) {
       const float* xr = xt + (S * p + a) * ldx * L;
       const float* dr = dz + p * ldz * L;
@@ -85,16 +94,20 @@ MIXPATH_KERNEL void bdw_tile(const float* xt, int64_t ldx, const float* dz, int6
         const float* src = xr + S * q * L;
 #pragma GCC unroll 9
         for (int b = 0; b < K; ++b) acc[b] += d * loadu<VL>(src + b * L);
+        if (++run == kRun) {
+          flush();
+          run = 0;
+        }
       }
     }
-    for (int b = 0; b < K; ++b) storeu(dw + (a * K + b) * L, acc[b]);
+    flush();
   }
 }
 
 // The kernels for one (K, stride), chosen once per call.
 struct BlockedKernels {
   using Conv = void (*)(const float*, int64_t, const float*, float*, int64_t);
-  using Dw = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*);
+  using Dw = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, double*);
   Conv conv;          // forward, stride S
   Conv conv_s1;       // stride-1 input gradient (a stride-1 conv with the flipped kernel)
   Conv tconv[2][2];   // stride-2 input gradient by [row parity][column parity]
@@ -298,15 +311,26 @@ class BlockedEngine final : public ForwardEngine {
           pf.add(z + out_.offset(n, c0), out_, nc, true);
           prefetch_next(pf, xs, n, cb, blk);
           conv_tile(xs + in_.offset(n, c0), nc, s, zt, pf);
-          VL sum = {};
-          for (int64_t i = 0; i < g_.plane(); ++i) sum += loadu<VL>(zt + i * L);
-          const VL mean = sum / static_cast<float>(g_.plane());
-          VL sq = {};
-          for (int64_t i = 0; i < g_.plane(); ++i) {
-            const VL d = loadu<VL>(zt + i * L) - mean;
-            sq += d * d;
-          }
-          for (int64_t l = 0; l < nc; ++l) m[l].merge(static_cast<double>(g_.plane()), mean[l], sq[l]);
+          // Two passes over the image's tile: the mean, then squares about it
+          // (no cancellation when the mean is large against the spread).
+          const int64_t hw = g_.plane();
+          f64x16 sum = {}, sq = {};
+          for_runs(hw, kRun, [&](int64_t b, int64_t e) {
+            VL part = {};
+            for (int64_t i = b; i < e; ++i) part += loadu<VL>(zt + i * L);
+            sum += widen(part);
+          });
+          const f64x16 mean = sum / static_cast<double>(hw);
+          const VL centre = __builtin_convertvector(mean, VL);
+          for_runs(hw, kRun, [&](int64_t b, int64_t e) {
+            VL part = {};
+            for (int64_t i = b; i < e; ++i) {
+              const VL d = loadu<VL>(zt + i * L) - centre;
+              part += d * d;
+            }
+            sq += widen(part);
+          });
+          for (int64_t l = 0; l < nc; ++l) m[l].merge(static_cast<double>(hw), mean[l], sq[l]);
           unpack_tile(zt, out_, nc, z + out_.offset(n, c0), [](const VL& v) { return v; });
         }
         for (int64_t l = 0; l < nc; ++l) part[blk * g_.C + c0 + l] = m[l];
@@ -353,7 +377,7 @@ class BlockedEngine final : public ForwardEngine {
           const int64_t nc = lanes(cb), c0 = cb * L;
           const VL m = lane_coeffs(k.mean, c0, nc), sc = lane_coeffs(k.scale, c0, nc);
           const VL be = lane_coeffs(k.beta, c0, nc);
-          double t1[L] = {}, t2[L] = {};
+          f64x16 t1 = {}, t2 = {};
           for (int64_t n = batch_begin(blk); n < batch_end(blk); ++n) {
             float* zt = tile(z, n, cb);
             float* dt = tile(du, n, cb);
@@ -362,21 +386,18 @@ class BlockedEngine final : public ForwardEngine {
             prefetch_next(pf, xs, n, cb, blk);
             conv_tile(xs + in_.offset(n, c0), nc, s, zt, pf);
             pack_tile(dys + out_.offset(n, c0), out_, nc, dt, g_.Wo, 0);
-            VL a1 = {}, a2 = {};
-            for (int64_t i = 0; i < g_.plane(); ++i) {
-              const VL zc = loadu<VL>(zt + i * L) - m;
-              const VL u = zc * sc + be;
-              VL g = loadu<VL>(dt + i * L);
-              if constexpr (A == Act::kRelu6) g = (u > 0.0f) & (u < 6.0f) ? g : VL{};
-              if constexpr (A == Act::kRelu) g = u > 0.0f ? g : VL{};
-              storeu(dt + i * L, g);
-              a1 += g;
-              a2 += g * zc;
-            }
-            for (int l = 0; l < L; ++l) {
-              t1[l] += a1[l];
-              t2[l] += a2[l];
-            }
+            for_runs(g_.plane(), kRun, [&](int64_t b, int64_t e) {
+              VL a1 = {}, a2 = {};
+              for (int64_t i = b; i < e; ++i) {
+                const VL zc = loadu<VL>(zt + i * L) - m;
+                const VL g = act_grad_vec<A>(zc * sc + be, loadu<VL>(dt + i * L));
+                storeu(dt + i * L, g);
+                a1 += g;
+                a2 += g * zc;
+              }
+              t1 += widen(a1);
+              t2 += widen(a2);
+            });
           }
           for (int64_t l = 0; l < nc; ++l) {
             s1[blk * g_.C + c0 + l] = t1[l];
@@ -407,7 +428,8 @@ class BlockedEngine final : public ForwardEngine {
             float* o = s.dz.data() + ((P + p) * wz_ + P) * L;
             for (int64_t q = 0; q < g_.Wo; ++q) {
               const int64_t i = (p * g_.Wo + q) * L;
-              storeu(o + q * L, kdu * loadu<VL>(dt + i) + kz * (loadu<VL>(zt + i) - m) + k0);
+              const VL dz = kdu * loadu<VL>(dt + i);
+              storeu(o + q * L, k.batch_stats ? dz + kz * (loadu<VL>(zt + i) - m) + k0 : dz);
             }
           }
           Prefetch pf;
@@ -416,8 +438,7 @@ class BlockedEngine final : public ForwardEngine {
           input_grad(s, pf);
           unpack_tile(s.out.data(), in_, nc, dxs + in_.offset(n, c0), [](const VL& v) { return v; });
           pack_tile(xs + in_.offset(n, c0), in_, nc, s.x.data(), wp_, P);
-          kern_.dw(s.x.data(), wp_, s.dz.data() + (P * wz_ + P) * L, wz_, g_.Ho, g_.Wo, s.dw.data());
-          for (int t = 0; t < K * K * L; ++t) acc[t] += s.dw.data()[t];
+          kern_.dw(s.x.data(), wp_, s.dz.data() + (P * wz_ + P) * L, wz_, g_.Ho, g_.Wo, acc);
         }
         for (int64_t l = 0; l < nc; ++l)
           for (int t = 0; t < K * K; ++t) dw[(blk * g_.C + c0 + l) * K * K + t] = acc[t * L + l];
@@ -433,7 +454,7 @@ class BlockedEngine final : public ForwardEngine {
   // Per-thread buffers (the zero borders are written once and never touched
   // again), and the task's kernel as [tap][lane] (wv) and flipped (wflip).
   struct Scratch {
-    Buffer x, dz, out, wv, wflip, dw;
+    Buffer x, dz, out, wv, wflip;
   };
 
   int64_t lanes(int64_t cb) const { return std::min<int64_t>(L, g_.C - cb * L); }
@@ -460,7 +481,6 @@ class BlockedEngine final : public ForwardEngine {
       s.out = Buffer(std::max(g_.H * g_.W, g_.plane()) * L);
       s.wv = Buffer(K * K * L);
       s.wflip = Buffer(K * K * L);
-      s.dw = Buffer(K * K * L);
       for (int64_t t = b; t < e; ++t) {
         const int64_t cb = t / nblk, blk = t % nblk, nc = lanes(cb);
         for (int tap = 0; tap < K * K; ++tap)

@@ -143,7 +143,7 @@ ForwardResult fused_dwconv_bn_forward_cpu(const at::Tensor& x_in, const at::Tens
     vp[c] = static_cast<float>(var);
     scale[c] = static_cast<float>(gp[c] / std::sqrt(var + eps));
   }
-  const Coeffs k{mp, scale.data(), bp, nullptr, nullptr, nullptr};
+  const Coeffs k{.mean = mp, .scale = scale.data(), .beta = bp};
   cpu::with_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::with_act(act, [&](auto a) {
@@ -180,7 +180,7 @@ BackwardResult fused_dwconv_bn_backward_cpu(const at::Tensor& dy_in, const at::T
     scale[c] = static_cast<float>(gp[c] * inv[c]);
   }
   Coeffs k{mean.const_data_ptr<float>(), scale.data(), beta.const_data_ptr<float>(), scale.data(), k_z.data(),
-           k_0.data()};
+           k_0.data(), training};
 
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   std::vector<double> s1(nblk * C), s2(nblk * C);

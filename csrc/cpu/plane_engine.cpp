@@ -41,13 +41,23 @@ MIXPATH_KERNEL void conv_row(const float* src, int64_t ld, const float* w, float
   for (; v < nv; ++v) conv_block<K, 1>(src + v * V, ld, w, out + v * V);
 }
 
-// dw[a][b] = sum_{p < Ho, q} dz[p][q] * x_padded[p + a][q + b] for one plane,
-// K * K vector accumulators in registers. dz columns past Wo (up to nv * V)
-// are zero in its padded buffer, so the row tail needs no mask.
+// dw[a][b] += sum_{p < Ho, q} dz[p][q] * x_padded[p + a][q + b] for one plane,
+// K * K vector accumulators in registers, added in double every kRun vectors.
+// dz columns past Wo (up to nv * V) are zero in its padded buffer, so the row
+// tail needs no mask.
 template <int K>
 MIXPATH_KERNEL void dw_plane(const float* x, int64_t ldx, const float* dz, int64_t ldz, int64_t Ho, int64_t nv,
-                             float* dw) {
+                             double* dw) {
   VT acc[K][K] = {};
+  f64x16 total[K][K] = {};
+  const auto flush = [&] {
+    for (int a = 0; a < K; ++a)
+      for (int b = 0; b < K; ++b) {
+        total[a][b] += widen(acc[a][b]);
+        acc[a][b] = VT{};
+      }
+  };
+  int64_t run = 0;
   for (int64_t p = 0; p < Ho; ++p) {
     for (int64_t v = 0; v < nv; ++v) {
       const VT d = loadu<VT>(dz + p * ldz + v * V);
@@ -56,15 +66,20 @@ MIXPATH_KERNEL void dw_plane(const float* x, int64_t ldx, const float* dz, int64
 #pragma GCC unroll 5
         for (int b = 0; b < K; ++b) acc[a][b] += d * loadu<VT>(x + (p + a) * ldx + v * V + b);
       }
+      if (++run == kRun) {
+        flush();
+        run = 0;
+      }
     }
   }
+  flush();
   for (int a = 0; a < K; ++a)
-    for (int b = 0; b < K; ++b) dw[a * K + b] = static_cast<float>(hsum(acc[a][b]));
+    for (int b = 0; b < K; ++b) dw[a * K + b] += hsum(total[a][b]);
 }
 
 struct PlaneKernels {
   void (*conv)(const float*, int64_t, const float*, float*, int64_t);
-  void (*dw)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*);
+  void (*dw)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, double*);
 };
 
 PlaneKernels plane_kernels_for(int K) {
@@ -107,23 +122,25 @@ class PlaneEngine final : public Engine {
           for (int64_t n = batch_begin(blk); n < batch_end(blk); ++n) {
             const int64_t plane = (n * g_.C + c) * g_.plane();
             pack(xs + plane, s.x.data());
-            float a1 = 0.0f, a2 = 0.0f;
             for (int64_t p = 0; p < g_.H; ++p) {
               float* zr = z + plane + p * g_.W;
               float* dr = s.row.data();
               kern_.conv(s.x.data() + p * ld_, ld_, wc, dr, nv_);
               std::copy(dr, dr + g_.W, zr);
               to_float(dys + plane + p * g_.W, dr, g_.W);
+              for_runs(g_.W, kRun * V, [&](int64_t b, int64_t e) {
+                float a1 = 0.0f, a2 = 0.0f;
 #pragma omp simd reduction(+ : a1, a2)
-              for (int64_t q = 0; q < g_.W; ++q) {
-                const float zc = zr[q] - m;
-                const float du = dr[q] * act_grad<A>(zc * sc + be);
-                a1 += du;
-                a2 += du * zc;
-              }
+                for (int64_t q = b; q < e; ++q) {
+                  const float zc = zr[q] - m;
+                  const float du = dr[q] * act_grad<A>(zc * sc + be);
+                  a1 += du;
+                  a2 += du * zc;
+                }
+                t1 += a1;
+                t2 += a2;
+              });
             }
-            t1 += a1;
-            t2 += a2;
           }
           s1[blk * g_.C + c] = t1;
           s2[blk * g_.C + c] = t2;
@@ -148,8 +165,8 @@ class PlaneEngine final : public Engine {
           for (int t = 0; t < K * K; ++t) flip[t] = wc[K * K - 1 - t];
           const float m = k.mean[c], sc = k.scale[c], be = k.beta[c];
           const float kdu = k.k_du[c], kz = k.k_z[c], k0 = k.k_0[c];
+          const bool batch_stats = k.batch_stats;
           double acc[25] = {};
-          float dwp[25];
           for (int64_t n = batch_begin(blk); n < batch_end(blk); ++n) {
             const int64_t plane = (n * g_.C + c) * g_.plane();
             for (int64_t p = 0; p < g_.H; ++p) {
@@ -161,7 +178,7 @@ class PlaneEngine final : public Engine {
               for (int64_t q = 0; q < g_.W; ++q) {
                 const float zc = zr[q] - m;
                 const float du = dr[q] * act_grad<A>(zc * sc + be);
-                dzr[q] = kdu * du + kz * zc + k0;
+                dzr[q] = batch_stats ? kdu * du + kz * zc + k0 : kdu * du;
               }
             }
             for (int64_t i = 0; i < g_.H; ++i) {
@@ -169,8 +186,7 @@ class PlaneEngine final : public Engine {
               from_float(s.row.data(), dxs + plane + i * g_.W, g_.W);
             }
             pack(xs + plane, s.x.data());
-            kern_.dw(s.x.data(), ld_, s.dz.data() + P * ld_ + P, ld_, g_.H, nv_, dwp);
-            for (int t = 0; t < K * K; ++t) acc[t] += dwp[t];
+            kern_.dw(s.x.data(), ld_, s.dz.data() + P * ld_ + P, ld_, g_.H, nv_, acc);
           }
           std::copy(acc, acc + K * K, dw + (blk * g_.C + c) * K * K);
         });

@@ -43,19 +43,25 @@ class OpCase:
     activation: str = "relu6"
     momentum: float = 0.1
     eps: float = 1e-5
+    # added to x: real activations are not centred, and a large mean is what exposes
+    # statistics taken as a sum of squares or gradient sums that lose digits
+    x_mean: float = 0.0
 
     def __str__(self):
         fmt = "cl" if self.channels_last else "nchw"
         mode = "train" if self.training else "eval"
         dt = str(self.dtype).replace("torch.", "")
         ks = "-".join(map(str, self.kernels))
-        return f"N{self.N}C{self.C}H{self.H}W{self.W}_k{ks}_s{self.stride}_{dt}_{fmt}_{mode}_{self.activation}"
+        mean = f"_mean{self.x_mean:g}" if self.x_mean else ""
+        return f"N{self.N}C{self.C}H{self.H}W{self.W}_k{ks}_s{self.stride}_{dt}_{fmt}_{mode}_{self.activation}{mean}"
 
 
 def make_inputs(case: OpCase, device="cpu", seed: int = 0) -> dict:
     """Random inputs for `case`: x and weights in case.dtype, BN tensors float32, on `device`."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(case.N, case.C, case.H, case.W, generator=g)
+    if case.x_mean:
+        x += case.x_mean
     weights = [torch.randn(case.C, 1, k, k, generator=g) / k for k in case.kernels]
     inputs = {
         "x": x,
