@@ -290,7 +290,7 @@ def _markdown(study: dict, stats_reports: dict) -> str:
         "uses on 20 training batches (after); Kendall tau-b with a 95% BCa bootstrap interval over "
         f"architectures ({c['bootstrap']} resamples), Spearman rho, top-5 overlap. Selection never reads the "
         "test split.",
-        f"- Stats: `mixpath.stats.supernet_stats` (what `mixpath stats` calls) on each supernet, "
+        "- Stats: `mixpath.stats.supernet_stats` (what `mixpath stats` calls) on each supernet, "
         "256 training images.",
         f"- Budget: {c['workers']} trainings at a time, one thread each, backend {c['backend']} on {c['device']} "
         f"({platform.processor() or platform.machine()}). The trainings took {study['train_seconds'] / 60:.1f} "

@@ -281,7 +281,7 @@ def check_device(name: str, ranks: Ranks | None = None) -> torch.device:
             device = torch.device("cuda", ranks.local_rank)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              "numbered from 0" + (f", fewer than torchrun's processes here: lower --nproc_per_node"
+                              "numbered from 0" + (", fewer than torchrun's processes here: lower --nproc_per_node"
                                                    if ranks.launched else ""))
     elif ranks.launched and device.type != "cpu":
         raise ConfigError(f"--device {name}: torchrun jobs run on cuda (NCCL) or cpu (gloo)")
@@ -744,6 +744,48 @@ def _resume_hint(run: _Run, ckpt_path: Path | None) -> str:
     return "no epoch had finished, so there is nothing to resume: start the run again"
 
 
+def _epoch_line(r: dict) -> str:
+    return (f"epoch {r['epoch']}/{r['epochs']}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
+            f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['images_per_second']:.0f} img/s  {r['seconds']:.1f}s")
+
+
+def run_epochs(run: _Run, ckpt_path: Path | None, metrics_path: Path | None, log,
+               epoch_line: Callable[[dict], str]) -> dict | None:
+    """Train `run` to its last epoch, saving the checkpoint and metrics after each (where this rank writes).
+
+    Returns the summary of a run stopped by --stop-after, else None. Ctrl-C, SIGTERM and a failed rank end
+    it with a line saying what can be resumed. `run` is a `_Run` (or a subclass: the differentiable search).
+    """
+    plan, c = run.plan, run.c
+    if plan.checkpoint is not None:
+        log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
+        if metrics_path is not None:
+            _write_metrics(metrics_path, run.history)
+    ran = 0
+    while run.epoch < c.epochs:
+        if c.stop_after is not None and ran == c.stop_after:
+            log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
+                f"--resume {ckpt_path}")
+            return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs,
+                    "checkpoint": None if ckpt_path is None else str(ckpt_path), "history": run.history}
+        try:
+            r = run.train_epoch()
+        except KeyboardInterrupt as e:
+            if plan.ranks.main:  # torchrun signals every rank: one of them says it
+                what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+                print(f"{what} in epoch {run.epoch + 1}; {_resume_hint(run, ckpt_path)}", file=sys.stderr)
+            raise
+        except RankFailure as e:
+            raise TrainingError(f"{e}; {_resume_hint(run, ckpt_path)}") from None
+        ran += 1
+        if ckpt_path is None:
+            continue
+        save_checkpoint(ckpt_path, run._state())
+        _write_metrics(metrics_path, run.history)
+        log(epoch_line({**r, "epochs": c.epochs}))
+    return None
+
+
 def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
     """The run; `folder` is None on ranks other than 0, which write nothing."""
     c, ranks = plan.config, plan.ranks
@@ -765,33 +807,9 @@ def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
         + f"; writing {out}")
     for note in plan.notes:
         log(f"note: {note}")
-    if plan.checkpoint is not None:
-        log(f"resuming {plan.checkpoint['path']} after epoch {run.epoch}/{c.epochs}")
-        if out is not None:
-            _write_metrics(metrics_path, run.history)
-    ran = 0
-    while run.epoch < c.epochs:
-        if c.stop_after is not None and ran == c.stop_after:
-            log(f"stopped after {ran} epoch(s) at epoch {run.epoch}/{c.epochs} (--stop-after); continue with: "
-                f"--resume {ckpt_path}")
-            return {"stopped": True, "epoch": run.epoch, "epochs": c.epochs,
-                    "checkpoint": None if ckpt_path is None else str(ckpt_path), "history": run.history}
-        try:
-            r = run.train_epoch()
-        except KeyboardInterrupt as e:
-            if ranks.main:  # torchrun signals every rank: one of them says it
-                what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-                print(f"{what} in epoch {run.epoch + 1}; {_resume_hint(run, ckpt_path)}", file=sys.stderr)
-            raise
-        except RankFailure as e:
-            raise TrainingError(f"{e}; {_resume_hint(run, ckpt_path)}") from None
-        ran += 1
-        if out is None:
-            continue
-        save_checkpoint(ckpt_path, run._state())
-        _write_metrics(metrics_path, run.history)
-        log(f"epoch {r['epoch']}/{c.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
-            f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['images_per_second']:.0f} img/s  {r['seconds']:.1f}s")
+    stopped = run_epochs(run, ckpt_path, metrics_path, log, _epoch_line)
+    if stopped is not None:
+        return stopped
 
     if out is None:  # the final evaluation runs once, on rank 0
         return {"rank": ranks.rank, "world_size": ranks.world_size, "epoch": run.epoch}

@@ -128,12 +128,14 @@ def _read_json(path: Path, what: str):
         raise UsageError(f"{what} {path} is not valid JSON ({e}); pass the file mixpath wrote") from None
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Where and how a trained supernet (RUN) is opened and scored."""
+def add_run_options(p: argparse.ArgumentParser, scoring: bool = True) -> None:
+    """Where a trained supernet (RUN) is opened and, with `scoring`, how its subnets are scored."""
     g = p.add_argument_group("the supernet and its data")
     g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: the run's, if present here)")
     g.add_argument("--backend", metavar="NAME", help="fused-op backend (default: the run's, else the fastest here)")
     g.add_argument("--data-dir", metavar="D", help="where the run's dataset is now (default: where it was)")
+    if not scoring:
+        return
     g.add_argument("--batch-size", type=int, metavar="N", help="scoring batch size (default: the run's)")
     g.add_argument("--calib-batches", type=int, metavar="N", help="training batches for BN recalibration "
                    "(default: the run's)")

@@ -18,7 +18,7 @@ import io
 import json
 from pathlib import Path
 
-from .common import Parser, UsageError, add_run_options, guarded, open_run_from
+from .common import UsageError, add_run_options, guarded, open_run_from
 
 HELP = "Kendall tau of a supernet against retrained ground truth (or --collect retrain results)"
 OUTPUTS = ("ranking.json", "ranking.png", "scores.csv")

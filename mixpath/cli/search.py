@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import Parser, UsageError, add_run_options, guarded, open_run_from
+from .common import UsageError, add_run_options, guarded, open_run_from
 
 HELP = "search a trained supernet (NSGA-II or random) for accuracy/cost trade-offs"
 OUTPUTS = ("evaluated.jsonl", "front.json", "front.csv", "pareto.png", "search.json")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, guarded
+from .common import UsageError, add_run_options, guarded
 
 HELP = "cosine and norm ratio of j-path sums against single paths, per layer (MixPath's Shadow BN premise)"
 EPILOG = """\
@@ -30,10 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--images", type=int, default=256, metavar="N", help="training images to measure on "
                    "(default 256)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
-    g = p.add_argument_group("the supernet and its data")
-    g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: the run's, if present here)")
-    g.add_argument("--backend", metavar="NAME", help="fused-op backend (default: the run's, else the fastest here)")
-    g.add_argument("--data-dir", metavar="D", help="where the run's dataset is now (default: where it was)")
+    add_run_options(p, scoring=False)
     p.set_defaults(command=run)
 
 

@@ -8,7 +8,8 @@ import argparse
 import sys
 
 from ..sampling import SAMPLINGS
-from ..training import AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS, TrainConfig, train
+from ..differentiable.cli import add_differentiable_arguments, dispatch
+from ..training import AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS
 from .common import Parser, guarded, int_list
 
 HELP = "train a MixPath supernet (one sampled multi-path architecture per step)"
@@ -151,6 +152,7 @@ PARSER_OPTIONS = dict(description="Train a MixPath supernet (one sampled multi-p
 def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_arguments(p)
     supernet_options(p)
+    add_differentiable_arguments(p)
     return p
 
 
@@ -164,7 +166,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, prog: str) -> int:
     options = {k: v for k, v in vars(args).items() if k != "command"}
-    return guarded(prog, lambda: train(TrainConfig(**options)))
+    return guarded(prog, lambda: dispatch(options))  # one-shot (train) or differentiable
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
