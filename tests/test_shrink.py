@@ -340,3 +340,29 @@ def test_shrink_command_refuses_overwrite_resumes_for_free_and_rejects_a_foreign
     assert "shrinks another space" in err and len(err.strip().splitlines()) == 1
     assert main(args[:4] + ["--out", str(root / "bad"), "--samples", "1"]) == 2
     assert "samples = 1 is out of range" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- training and retraining inside a shrunk space
+
+def test_train_and_retrain_stay_inside_a_space_file(tmp_path):
+    from mixpath.cli import main
+    from mixpath.runs import open_run
+    from mixpath.space import Pocket, get_space, space_file
+    from mixpath.training import TrainConfig, train
+
+    small = dict(max_paths=2, kernels=[3, 5], width_mult=0.5, batch_size=64, calib_batches=2)
+    full = get_space("tiny", max_paths=2, kernel_sizes=(3, 5), width_mult=0.5, num_classes=10, input_size=16)
+    inside = [full.parse("3:3|3:3|6:5|6:3,5"), full.parse("3:5|3:3|6:5|6:3,5")]
+    shrunk = full.restrict([Pocket.of(inside)])
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space_file(shrunk)))
+    summary = train(TrainConfig(epochs=1, eval_archs=4, space_file=str(path), out=str(tmp_path / "sup"), **small),
+                    log=lambda line: None)
+    assert {a["arch"] for a in summary["archs"]} <= {str(a) for a in inside}
+    assert all(row["val_arch"] in {str(a) for a in inside}
+               for row in map(json.loads, (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()))
+    assert open_run(tmp_path / "sup").space == shrunk  # search, rank and export see the same pockets
+    outside = "6:3|6:3|3:3|3:3"
+    status = main(["retrain", outside, "--from", str(tmp_path / "sup"), "--epochs", "1", "--out",
+                   str(tmp_path / "re")])
+    assert status == 2 and not (tmp_path / "re").exists()
