@@ -69,13 +69,14 @@ def _run(binary: Path, cases: list[str], timeout: float) -> dict[str, dict[str, 
     proc = subprocess.run([str(binary)], input="\n".join(cases) + "\n", capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"simulator exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(cases), proc.stdout[-3000:]
     results = {}
-    for line in proc.stdout.splitlines():
+    for case, line in zip(cases, lines):  # one result line per case, in order; it echoes the case
         status, rest = line.split(" ", 1)
-        fields = rest.split()
-        case = " ".join(fields[:13])
-        results[case] = {"status": status, **dict(f.split("=", 1) for f in fields[13:] if "=" in f),
-                         "raw": line}
+        assert rest.startswith(case + " "), line
+        fields = rest[len(case):].split()
+        results[case] = {"status": status, **dict(f.split("=", 1) for f in fields if "=" in f), "raw": line}
     return results
 
 
@@ -108,10 +109,11 @@ def test_kernels_match_float64(results, case):
 
 
 def _launches(r):
+    """(name, blocks, threads, shared bytes, resident blocks per SM, streaming stores) per launch."""
     out = []
     for item in r["launches"].split(";"):
-        name, blocks, threads, smem, resident = item.rsplit("/", 4)
-        out.append((name, int(blocks), int(threads), int(smem), int(resident)))
+        name, *numbers = item.rsplit("/", 5)
+        out.append((name, *map(int, numbers)))
     return out
 
 
@@ -119,13 +121,64 @@ def _launches(r):
 def test_launches_fill_their_last_wave(results, case):
     """With equal work per block a nearly empty last wave nearly doubles a kernel's time: none has one."""
     sms = int(case.split()[12])
-    for name, blocks, threads, smem, resident in _launches(results[case]):
-        if "finish" in name or "pad" in name:
+    for name, blocks, threads, smem, resident, _ in _launches(results[case]):
+        if any(small in name for small in ("finish", "pad", "stored_z_stats")):  # a warp per channel: microseconds
             continue
         assert resident >= 1, f"{name}: no block of {threads} threads and {smem} bytes fits a multiprocessor"
         wave = resident * sms
         tail = blocks - (-(-blocks // wave) - 1) * wave
         assert blocks <= wave or 2 * tail >= wave, f"{name}: {blocks} blocks in waves of {wave}"
+
+
+# y and dx get streaming stores only when larger than L2 (l2=0: always); the
+# stored-z forward (store_z=1) against the recomputing one. Both layouts, the
+# vector and scalar channels_last paths, whole planes and tiles.
+VARIANT_BASES = ["2 12 9 11 7 2 f32 nchw train relu6 1 0 132", "2 12 10 9 9 1 bf16 nhwc train none 1 0 132",
+                 "2 10 9 9 7 1 f16 nhwc train relu 1 0 132", "1 6 130 121 3 1 f32 nchw train relu6 1 0 132",
+                 "1 6 97 99 9 2 bf16 nhwc train none 1 0 132", "2 12 9 11 3 1 bf16 nchw eval relu6 1 0 132"]
+VARIANTS = [f"{base} l2={l2} store_z={z}" for base in VARIANT_BASES for l2, z in
+            [(-1, 0), (0, 0), (-1, 1), (0, 1), (-1, "auto")]]
+# The channels_last backward at the target layers, K >= 5, one SM: then every
+# channel block is one launch block (one partial slot), so C / blocks is the
+# channels per block.
+NHWC_BACKWARD = [f"1 {C} {H} {H} {K} 1 {dt} nhwc train {act} 1 0 1"
+                 for K in (5, 7, 9) for (C, H), (dt, act) in zip(TARGET_LAYERS, itertools.cycle([("f32", "relu6"),
+                                                                                              ("bf16", "none")]))]
+
+
+@pytest.fixture(scope="session")
+def variant_results(harness):
+    return _run(harness, VARIANTS + NHWC_BACKWARD, timeout=900)
+
+
+@pytest.mark.parametrize("base", VARIANT_BASES)
+def test_streaming_stores_and_stored_z_change_no_bit(variant_results, base):
+    runs = {case.split(" l2=")[1]: variant_results[case] for case in VARIANTS if case.startswith(base + " ")}
+    for case, r in runs.items():
+        _check(r, f"{base} {case}")
+    assert len({r["digest"] for r in runs.values()}) == 1, {k: r["digest"] for k, r in runs.items()}
+    training, K = base.split()[8] == "train", int(base.split()[4])
+    for key, r in runs.items():
+        launches = _launches(r)
+        streaming = {name: n for name, *_, n in launches}
+        writers = [name for name in streaming if "backward_kernel" in name or "apply" in name]
+        if key.startswith("-1 "):  # the default 50 MB L2 holds these outputs
+            assert not any(streaming.values()), r["launches"]
+        else:
+            assert writers and all(streaming[name] > 0 for name in writers), r["launches"]
+        stored = any("apply_stored_z" in name for name, *_ in launches)
+        assert stored == (training and (key.endswith("store_z=1") or (key.endswith("auto") and K >= 7))), key
+
+
+@pytest.mark.parametrize("case", NHWC_BACKWARD)
+def test_nhwc_backward_blocks(variant_results, case):
+    """B3 blocks of at least 4 warps and 16 channels (32-thread blocks of 8 channels before), and still exact."""
+    r = variant_results[case]
+    _check(r, case)
+    C = int(case.split()[1])
+    (name, blocks, threads, smem, resident, _), = [x for x in _launches(r) if "nhwc_backward_kernel" in x[0]]
+    assert threads >= 128 and C / blocks >= 16, r["launches"]
+    assert smem <= 72 * 1024 and resident >= 1
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 // Entry points of the CUDA kernels (fused_dwconv_bn_kernels.h): shape checks,
-// workspace sizes, the layout dispatch, and the last backward kernel, which
-// reduces the per-block partials of dW, dgamma and dbeta in a fixed order.
+// workspace sizes, the layout dispatch, the last backward kernel, which
+// reduces the per-block partials of dW, dgamma and dbeta in a fixed order, and
+// the apply pass over a stored z (layout-agnostic: elementwise).
 // The kernels themselves: fused_dwconv_bn_nchw.cu (NCHW) and
 // fused_dwconv_bn_nhwc.cu (channels_last); their headers describe the passes.
 #include <algorithm>
@@ -41,6 +42,43 @@ __global__ void backward_finish_kernel(const float* __restrict__ grad_part, int 
   }
 }
 
+// One warp per channel: the apply pass's prologue (the same merge, so the same
+// bits) -> save_mean, save_var and coef = [scale][shift] per channel.
+__global__ void stored_z_stats_kernel(const float* __restrict__ part, int slots, int64_t C,
+                                      const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
+                                      float* __restrict__ save_mean, float* __restrict__ save_var,
+                                      float* __restrict__ coef) {
+  const int lane = threadIdx.x & 31;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (c >= C) return;  // the whole warp
+  const Moments m = warp_merge_strided(part + c * slots * 3, slots, 3);
+  const float mean = m.mean, var = m.m2 / m.n;
+  if (lane == 0) {
+    const BnCoef bc = bn_coef(gamma[c], beta[c], mean, var, eps);
+    save_mean[c] = mean;
+    save_var[c] = var;
+    coef[c] = bc.scale;
+    coef[C + c] = bc.shift;
+  }
+}
+
+// y[i] = act(z[i] * scale[c] + shift[c]), c = i's channel: i / plane % C
+// (NCHW, plane = Ho * Wo) or i % C (channels_last, plane = 1).
+__global__ void apply_stored_z_kernel(int dtype, const float* __restrict__ z, int64_t n, int64_t C, int64_t plane,
+                                      const float* __restrict__ coef, int act, int streaming, void* __restrict__ y) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const bool bf16 = is_bf16(dtype);
+  with_width(dtype, [&](auto tag) {
+    using Raw = decltype(tag);
+    Raw* yr = static_cast<Raw*>(y);
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+      const int64_t c = (i / plane) % C;
+      const float u = fmaf(__ldg(z + i), __ldg(coef + c), __ldg(coef + C + c));
+      store_out(yr + i, encode<Raw>(activate(u, act), bf16), streaming != 0);
+    }
+  });
+}
+
 // A 1 x 1 kernel as the centre of a zero 3 x 3 one: the 3 x 3 kernels then
 // compute exactly the 1 x 1 result (the other taps add 0 * x), so K = 1 needs
 // no kernels of its own.
@@ -59,6 +97,32 @@ cudaError_t launch_backward_finish(const float* grad_part, int grad_slots, const
   backward_finish_kernel<<<blocks, 32 * kWarps, 0, stream>>>(grad_part, grad_slots, dw_part, dw_slots, save_var, eps,
                                                               C, K, out_k, dweight, dgamma, dbeta);
   return cudaGetLastError();
+}
+
+cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const float* z, const float* part, int slots,
+                                  float* coef, int num_sms, bool stream_stores, cudaStream_t stream) {
+  constexpr int kWarps = 8;
+  stored_z_stats_kernel<<<static_cast<unsigned>(ceil_div(s.C, kWarps)), 32 * kWarps, 0, stream>>>(
+      part, slots, s.C, a.gamma, a.beta, s.eps, a.save_mean, a.save_var, coef);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int64_t Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1, n = s.N * s.C * Ho * Wo;
+  constexpr int kThreads = 256;
+  // Grid-stride blocks: one per kThreads elements, at most four whole waves
+  // (with equal work per block a partial last wave would idle multiprocessors).
+  const int64_t wave = static_cast<int64_t>(resident_blocks(reinterpret_cast<const void*>(&apply_stored_z_kernel),
+                                                            kThreads, 0)) * std::max(num_sms, 1);
+  int64_t blocks = ceil_div(n, kThreads);
+  if (blocks > wave) blocks = std::min(blocks / wave, int64_t{4}) * wave;
+  apply_stored_z_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(static_cast<int>(s.dtype), z, n, s.C,
+                                                         s.channels_last ? 1 : Ho * Wo, coef,
+                                                         static_cast<int>(s.activation), stream_stores ? 1 : 0, a.y);
+  return cudaGetLastError();
+}
+
+size_t stored_z_floats(const OpShape& s) {
+  const int64_t Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1;
+  return static_cast<size_t>(round_up(s.N * s.C * Ho * Wo, 4));
 }
 
 namespace {
@@ -89,16 +153,16 @@ size_t workspace_floats(const OpShape& s, int num_sms, bool backward) {
   if (backward) {
     const BackwardArgs none{};
     if (r.channels_last) {
-      nhwc_backward(r, none, nullptr, num_sms, nullptr, &floats, s.K);
+      nhwc_backward(r, none, nullptr, num_sms, false, nullptr, &floats, s.K);
     } else {
-      nchw_backward(r, none, nullptr, num_sms, nullptr, &floats, s.K);
+      nchw_backward(r, none, nullptr, num_sms, false, nullptr, &floats, s.K);
     }
   } else {
     const ForwardArgs none{};
     if (r.channels_last) {
-      nhwc_forward(r, none, nullptr, num_sms, nullptr, &floats);
+      nhwc_forward(r, none, nullptr, num_sms, false, nullptr, &floats);
     } else {
-      nchw_forward(r, none, nullptr, num_sms, nullptr, &floats);
+      nchw_forward(r, none, nullptr, num_sms, false, nullptr, &floats);
     }
   }
   return s.K == 1 ? padded_offset(floats) + 9 * static_cast<size_t>(s.C) : floats;
@@ -159,7 +223,22 @@ int resident_blocks(const void* kernel, int threads, size_t smem) {
   return n;
 }
 
+namespace {
+
+// Streaming stores only for an output larger than L2 (fused_dwconv_bn_kernels.h).
+bool streams(const OpShape& s, int64_t H, int64_t W, int64_t l2_bytes) {
+  return s.N * s.C * H * W * (s.dtype == DType::kFloat32 ? 4 : 2) > l2_bytes;
+}
+
+}  // namespace
+
 }  // namespace detail
+
+bool stores_z(const OpShape& s) {
+  if (!s.training) return false;
+  if (s.store_z == StoreZ::kAuto) return s.K >= kStoreZMinK;
+  return s.store_z == StoreZ::kStore;
+}
 
 const char* unsupported_reason(const OpShape& s) {
   if (s.K < 1 || s.K > 9 || s.K % 2 == 0) return "the merged kernel size must be odd and between 1 and 9";
@@ -181,34 +260,38 @@ size_t backward_workspace_bytes(const OpShape& s, int num_sms) {
   return detail::workspace_floats(s, num_sms, true) * sizeof(float);
 }
 
-cudaError_t forward(const OpShape& s, const ForwardArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
+cudaError_t forward(const OpShape& s, const ForwardArgs& a, void* workspace, int num_sms, int64_t l2_bytes,
+                    cudaStream_t stream) {
   if (unsupported_reason(s) != nullptr) return cudaErrorInvalidValue;
   const OpShape r = detail::run_shape(s);
+  const bool stream_stores = detail::streams(s, (s.H - 1) / s.stride + 1, (s.W - 1) / s.stride + 1, l2_bytes);
   float* ws = static_cast<float*>(workspace);
   size_t floats = 0;
-  cudaError_t err = r.channels_last ? detail::nhwc_forward(r, a, nullptr, num_sms, stream, &floats)
-                                    : detail::nchw_forward(r, a, nullptr, num_sms, stream, &floats);
+  cudaError_t err = r.channels_last ? detail::nhwc_forward(r, a, nullptr, num_sms, false, stream, &floats)
+                                    : detail::nchw_forward(r, a, nullptr, num_sms, false, stream, &floats);
   if (err != cudaSuccess) return err;
   ForwardArgs ra = a;
   ra.weight = detail::padded_weight(s, a.weight, ws + detail::padded_offset(floats), stream, &err);
   if (err != cudaSuccess) return err;
-  return r.channels_last ? detail::nhwc_forward(r, ra, ws, num_sms, stream, nullptr)
-                         : detail::nchw_forward(r, ra, ws, num_sms, stream, nullptr);
+  return r.channels_last ? detail::nhwc_forward(r, ra, ws, num_sms, stream_stores, stream, nullptr)
+                         : detail::nchw_forward(r, ra, ws, num_sms, stream_stores, stream, nullptr);
 }
 
-cudaError_t backward(const OpShape& s, const BackwardArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
+cudaError_t backward(const OpShape& s, const BackwardArgs& a, void* workspace, int num_sms, int64_t l2_bytes,
+                     cudaStream_t stream) {
   if (unsupported_reason(s) != nullptr) return cudaErrorInvalidValue;
   const OpShape r = detail::run_shape(s);
+  const bool stream_stores = detail::streams(s, s.H, s.W, l2_bytes);
   float* ws = static_cast<float*>(workspace);
   size_t floats = 0;
-  cudaError_t err = r.channels_last ? detail::nhwc_backward(r, a, nullptr, num_sms, stream, &floats, s.K)
-                                    : detail::nchw_backward(r, a, nullptr, num_sms, stream, &floats, s.K);
+  cudaError_t err = r.channels_last ? detail::nhwc_backward(r, a, nullptr, num_sms, false, stream, &floats, s.K)
+                                    : detail::nchw_backward(r, a, nullptr, num_sms, false, stream, &floats, s.K);
   if (err != cudaSuccess) return err;
   BackwardArgs ra = a;
   ra.weight = detail::padded_weight(s, a.weight, ws + detail::padded_offset(floats), stream, &err);
   if (err != cudaSuccess) return err;
-  return r.channels_last ? detail::nhwc_backward(r, ra, ws, num_sms, stream, nullptr, s.K)
-                         : detail::nchw_backward(r, ra, ws, num_sms, stream, nullptr, s.K);
+  return r.channels_last ? detail::nhwc_backward(r, ra, ws, num_sms, stream_stores, stream, nullptr, s.K)
+                         : detail::nchw_backward(r, ra, ws, num_sms, stream_stores, stream, nullptr, s.K);
 }
 
 }  // namespace cuda_kernels

@@ -9,7 +9,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "../fused_dwconv_bn.h"
 #include "fused_dwconv_bn_kernels.h"
@@ -42,6 +45,19 @@ ck::Activation activation_of(c10::string_view activation) {
   return ck::Activation::kNone;
 }
 
+// MIXPATH_CUDA_STORE_Z=auto|0|1 (read once): whether a training forward stores z
+// instead of recomputing the convolution (ck::StoreZ; auto: by K).
+ck::StoreZ store_z_setting() {
+  static const ck::StoreZ setting = [] {
+    const char* v = std::getenv("MIXPATH_CUDA_STORE_Z");
+    const std::string value = v != nullptr ? v : "auto";
+    TORCH_CHECK(value == "auto" || value == "0" || value == "1", "MIXPATH_CUDA_STORE_Z must be auto, 0 or 1; got '",
+                value, "': unset it or set one of those");
+    return value == "auto" ? ck::StoreZ::kAuto : value == "1" ? ck::StoreZ::kStore : ck::StoreZ::kRecompute;
+  }();
+  return setting;
+}
+
 ck::OpShape shape_of(const at::Tensor& x, const at::Tensor& weight, int64_t stride, bool training, double eps,
                      c10::string_view activation, at::MemoryFormat fmt) {
   TORCH_CHECK(x.is_cuda(), "mixpath CUDA kernels: x must be a CUDA tensor; got one on ", x.device());
@@ -55,7 +71,8 @@ ck::OpShape shape_of(const at::Tensor& x, const at::Tensor& weight, int64_t stri
                 fmt == at::MemoryFormat::ChannelsLast,
                 training,
                 activation_of(activation),
-                static_cast<float>(eps)};
+                static_cast<float>(eps),
+                store_z_setting()};
   const char* reason = ck::unsupported_reason(s);
   TORCH_CHECK(reason == nullptr, "mixpath CUDA kernels: ", reason != nullptr ? reason : "", " (x ", x.sizes(),
               ", K = ", s.K, ", stride ", stride, ")");
@@ -73,12 +90,29 @@ void check(cudaError_t err, const char* what) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Multiprocessors of the current device (it sizes the per-block partials).
-int sm_count() {
-  int device = 0, count = 0;
+// What the kernels need to know of the current device, queried once per device:
+// multiprocessors (they size the per-block partials) and the L2 size (whether
+// outputs get streaming stores).
+struct DeviceProps {
+  int sms = 0;
+  int64_t l2_bytes = 0;
+};
+
+DeviceProps device_props() {
+  static std::mutex mutex;
+  static std::vector<DeviceProps> cache;
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1);
+  DeviceProps& p = cache[device];
+  if (p.sms == 0) {
+    int l2 = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.sms, cudaDevAttrMultiProcessorCount, device));
+    p.l2_bytes = l2;
+  }
+  return p;
 }
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -99,8 +133,9 @@ ForwardResult fused_dwconv_bn_forward_cuda(const at::Tensor& x_in, const at::Ten
   // Training: the batch statistics, written by the kernels. Eval: copies of the running ones.
   at::Tensor save_mean = training ? at::empty({s.C}, gamma.options()) : f32(running_mean).clone();
   at::Tensor save_var = training ? at::empty({s.C}, gamma.options()) : f32(running_var).clone();
-  const int sms = sm_count();
-  const size_t ws_bytes = ck::forward_workspace_bytes(s, sms);
+  const DeviceProps dev = device_props();
+  // Stored z (ck::stores_z) lives in this workspace, for the forward's two passes only.
+  const size_t ws_bytes = ck::forward_workspace_bytes(s, dev.sms);
   at::Tensor workspace = at::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, gamma.options());
   const ck::ForwardArgs args{x.data_ptr(),
                              weight.data_ptr<float>(),
@@ -111,8 +146,7 @@ ForwardResult fused_dwconv_bn_forward_cuda(const at::Tensor& x_in, const at::Ten
                              y.data_ptr(),
                              save_mean.data_ptr<float>(),
                              save_var.data_ptr<float>()};
-  check(ck::forward(s, args, ws_bytes != 0 ? workspace.data_ptr() : nullptr, sms,
-                    current_stream()),
+  check(ck::forward(s, args, ws_bytes != 0 ? workspace.data_ptr() : nullptr, dev.sms, dev.l2_bytes, current_stream()),
         "forward");
   return {y, save_mean, save_var};
 }
@@ -135,8 +169,8 @@ BackwardResult fused_dwconv_bn_backward_cuda(const at::Tensor& dy_in, const at::
   at::Tensor dweight = at::empty({s.C, s.K, s.K}, weight.options());
   at::Tensor dgamma = at::empty({s.C}, gamma.options());
   at::Tensor dbeta = at::empty({s.C}, gamma.options());
-  const int sms = sm_count();
-  const size_t ws_bytes = ck::backward_workspace_bytes(s, sms);
+  const DeviceProps dev = device_props();
+  const size_t ws_bytes = ck::backward_workspace_bytes(s, dev.sms);
   at::Tensor workspace = at::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, gamma.options());
   const ck::BackwardArgs args{dy.data_ptr(),
                               x.data_ptr(),
@@ -149,7 +183,7 @@ BackwardResult fused_dwconv_bn_backward_cuda(const at::Tensor& dy_in, const at::
                               dweight.data_ptr<float>(),
                               dgamma.data_ptr<float>(),
                               dbeta.data_ptr<float>()};
-  check(ck::backward(s, args, workspace.data_ptr(), sms, current_stream()), "backward");
+  check(ck::backward(s, args, workspace.data_ptr(), dev.sms, dev.l2_bytes, current_stream()), "backward");
   return {dx, dweight, dgamma, dbeta};
 }
 

@@ -87,6 +87,18 @@ __device__ __forceinline__ uint2 encode4<uint2>(const float4& v, bool bf16) {
   return make_uint2(e0 | (e1 << 16), e2 | (e3 << 16));
 }
 
+// An output store (y, dx, z): streaming (__stcs, evict first) when the output
+// is larger than L2, else a plain one, which leaves the line in L2 for the
+// next kernel to read back.
+template <class T>
+__device__ __forceinline__ void store_out(T* p, const T& v, bool streaming) {
+  if (streaming) {
+    __stcs(p, v);
+  } else {
+    *p = v;
+  }
+}
+
 // ------------------------------------------------------ activation and BN
 
 __device__ __forceinline__ float activate(float u, int act) {

@@ -17,15 +17,28 @@ namespace detail {
 // Each layout's launcher sizes its scratch and enqueues its kernels in one
 // function, so the size and the launches cannot disagree: given ws_floats, it
 // only stores there the number of floats of workspace it needs; given nullptr,
-// it launches.
-cudaError_t nchw_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats);
-cudaError_t nchw_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+// it launches. stream_stores: write y and dx with streaming stores (they are
+// larger than L2).
+cudaError_t nchw_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats);
+cudaError_t nchw_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k);
-cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats);
-cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats);
+cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k);
+
+// A training forward that stores z (stores_z): the layouts' statistics pass
+// writes z (float32, y's shape and layout) at `z` with its moments partials
+// (n, mean, m2 per [channel][slot]), then this merges each channel's partials
+// in the same fixed order as the apply pass (-> save_mean, save_var, and the
+// BN scale and shift in coef, 2 * C floats) and applies BN and the activation
+// to z elementwise.
+cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const float* z, const float* part, int slots,
+                                  float* coef, int num_sms, bool stream_stores, cudaStream_t stream);
+
+// Floats of workspace z takes (a multiple of 4: what follows stays 16-byte aligned).
+size_t stored_z_floats(const OpShape& s);
 
 // dbeta[c] = sum of grad_part[c][i][0], dgamma[c] = rsqrt(var[c] + eps) * sum of
 // grad_part[c][i][1] (i < grad_slots), dweight[c] = sum of dw_part[c][i]
@@ -52,8 +65,12 @@ constexpr size_t kSmemBudget = 72 * 1024;  // per block: three blocks fit an H10
 
 // Calls F<K, S>::run(args...) for the templated kernel size and stride; K = 1 runs as a
 // zero-padded 3 x 3 (fused_dwconv_bn.cu), so it never reaches a layout's launcher.
+// static: g++ gives an instantiation on a template template argument from an
+// unnamed namespace external (weak) linkage, so the two layouts' same-named
+// ForwardOp instantiations would merge at link time and one layout's launcher
+// would run the other's kernels.
 template <template <int, int> class F, class... Args>
-cudaError_t dispatch_kernel_size(int K, int S, Args&&... args) {
+static cudaError_t dispatch_kernel_size(int K, int S, Args&&... args) {
 #define MIXPATH_CASE(k) \
   case k:               \
     return S == 1 ? F<k, 1>::run(std::forward<Args>(args)...) : F<k, 2>::run(std::forward<Args>(args)...);

@@ -19,6 +19,16 @@ namespace cuda_kernels {
 
 enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 enum class Activation : int32_t { kReLU6 = 0, kReLU = 1, kNone = 2 };
+// Training forward: store z = conv(x) (float32, in the workspace) in the
+// statistics pass and apply BN to it, instead of recomputing the convolution
+// in the apply pass; the results are the same bits either way. kAuto: by K
+// (stores_z). The backward always recomputes z.
+enum class StoreZ : int32_t { kAuto = -1, kRecompute = 0, kStore = 1 };
+
+// kAuto stores z from this merged kernel size up: the convolution's float32
+// FMAs then cost more than writing and reading z. To be set by measurement on
+// a GPU (the review's estimate: about 1.8x for the forward at K = 9).
+constexpr int32_t kStoreZMinK = 7;
 
 struct OpShape {
   int64_t N, C, H, W;    // x: (N, C, H, W), NCHW-contiguous or channels_last
@@ -29,7 +39,11 @@ struct OpShape {
   bool training;         // batch statistics (training) or the given ones (eval)
   Activation activation;
   float eps;
+  StoreZ store_z = StoreZ::kAuto;
 };
+
+// Whether the forward of `s` stores z (only a training forward has two passes to share it).
+bool stores_z(const OpShape& s);
 
 struct ForwardArgs {
   const void* x;
@@ -63,13 +77,19 @@ struct BackwardArgs {
 // supported (K, stride, sizes), else nullptr.
 const char* unsupported_reason(const OpShape& s);
 
-// Bytes of scratch memory each launch needs (16-byte aligned, uninitialised is fine).
+// Bytes of scratch memory each launch needs (16-byte aligned, uninitialised is fine);
+// the forward's includes z when stores_z(s).
 size_t forward_workspace_bytes(const OpShape& s, int num_sms);
 size_t backward_workspace_bytes(const OpShape& s, int num_sms);
 
-// Enqueue the kernels on `stream`; returns the first launch error.
-cudaError_t forward(const OpShape& s, const ForwardArgs& a, void* workspace, int num_sms, cudaStream_t stream);
-cudaError_t backward(const OpShape& s, const BackwardArgs& a, void* workspace, int num_sms, cudaStream_t stream);
+// Enqueue the kernels on `stream`; returns the first launch error. l2_bytes:
+// the device's L2 cache (cudaDevAttrL2CacheSize). y and dx are written with
+// streaming (evict-first) stores only when they are larger than it: a smaller
+// output stays in L2 for the next layer, which reads it back at once.
+cudaError_t forward(const OpShape& s, const ForwardArgs& a, void* workspace, int num_sms, int64_t l2_bytes,
+                    cudaStream_t stream);
+cudaError_t backward(const OpShape& s, const BackwardArgs& a, void* workspace, int num_sms, int64_t l2_bytes,
+                     cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace mixpath

@@ -21,14 +21,18 @@
 // A thread keeps its channel for the whole kernel, so its statistics stay in
 // registers and are reduced once, at the end.
 //
-// Passes (x is re-read rather than z stored; one read or write of an
-// activation-sized tensor each, in brackets):
+// Passes (x is re-read rather than z stored, except for the stored-z forward
+// below; one read or write of an activation-sized tensor each, in brackets):
 //   forward, training   F1 (kStats) [x]: z -> per-thread shifted sums -> Chan
 //                          merge per block -> moments partial [c][slot];
 //                       F3 (kApply) [x, y]: its prologue merges each channel's
 //                          partials in a fixed order (-> save_mean, save_var),
 //                          then y = act(z * scale + shift). Items run in
 //                          reverse, so the tail of x F1 left in L2 comes first.
+//   forward, stored z   (stores_z: K >= kStoreZMinK by default) F1 also writes
+//                          z [x, z], then fused_dwconv_bn.cu merges the partials
+//                          and applies BN elementwise [z, y]: one convolution
+//                          instead of two, the same bits.
 //   forward, eval       F3 alone with the given statistics (BN folded into a
 //                          per-channel scale and shift after the conv).
 //   backward            B1 (kGradStats) [x, dy]: z, u, du = dy * act'(u) ->
@@ -43,6 +47,8 @@
 //                          memory across items; per-block dW partials. In eval
 //                          dz = gamma * inv * du (no batch-statistic terms).
 //   finish              (fused_dwconv_bn.cu) fixed-order sums: dW, dgamma, dbeta.
+// y, dx and z get streaming (evict-first) stores only when they are larger
+// than L2; otherwise the next kernel reads them back from L2.
 // Every cross-block reduction goes through per-slot partials summed in a
 // fixed order, so the results are bit-identical from run to run. K = 1 runs
 // through the 3 x 3 kernels with a zero-padded W (fused_dwconv_bn.cu).
@@ -104,6 +110,9 @@ struct PlanarArgs {
   int dz_off, dy_off, out_off, ws_off, coef_off, table_off, dw_off, red_off;  // float offsets
   int stage_off, dy_stage_off;  // whole planes: raw staging of x and dy runs
   int in_slots;  // partials the prologue reduces
+  int stream_stores;  // out is larger than L2: streaming stores
+  int store_z;        // kStats: also writes z to out (stores_z), as float32
+  int out_dtype;      // of out: dtype, or float32 for z
   const void* x;
   const void* dy;
   void* out;
@@ -303,9 +312,10 @@ __device__ __forceinline__ void unpack_run(int dtype, const float* stage, int n,
   });
 }
 
-// dst[e] = src[e] for e < n (float32 -> dtype): a contiguous run of y or dx,
-// four elements per access where aligned as in load_run.
-__device__ __forceinline__ void store_run(int dtype, void* dst, int64_t offset, int n, const float* src) {
+// dst[e] = src[e] for e < n (float32 -> dtype): a contiguous run of y, dx or
+// z, four elements per access where aligned as in load_run.
+__device__ __forceinline__ void store_run(int dtype, void* dst, int64_t offset, int n, const float* src,
+                                          bool streaming) {
   const int t = threadIdx.x, bd = blockDim.x;
   const bool bf16 = is_bf16(dtype);
   with_width(dtype, [&](auto tag) {
@@ -317,11 +327,11 @@ __device__ __forceinline__ void store_run(int dtype, void* dst, int64_t offset, 
       const int n4 = n / 4;
       Bits* d4 = reinterpret_cast<Bits*>(d);
 #pragma unroll 4
-      for (int i = t; i < n4; i += bd) __stcs(d4 + i, encode4<Bits>(lds4(src + 4 * i), bf16));
+      for (int i = t; i < n4; i += bd) store_out(d4 + i, encode4<Bits>(lds4(src + 4 * i), bf16), streaming);
       done = 4 * n4;
     }
 #pragma unroll 4
-    for (int e = done + t; e < n; e += bd) __stcs(d + e, encode<Raw>(src[e], bf16));
+    for (int e = done + t; e < n; e += bd) store_out(d + e, encode<Raw>(src[e], bf16), streaming);
   });
 }
 
@@ -354,7 +364,7 @@ __device__ __forceinline__ void load_box(int dtype, const void* src, const Box& 
   });
 }
 
-__device__ __forceinline__ void store_box(int dtype, void* dst, const Box& b, const float* src) {
+__device__ __forceinline__ void store_box(int dtype, void* dst, const Box& b, const float* src, bool streaming) {
   const int t = threadIdx.x, bd = blockDim.x;
   const int box = b.rows * b.cols, n = b.np * box;
   const bool bf16 = is_bf16(dtype);
@@ -367,7 +377,8 @@ __device__ __forceinline__ void store_box(int dtype, void* dst, const Box& b, co
       const int r = rem / b.cols, c = rem - r * b.cols;
       const int h = b.h0 + r, w = b.w0 + c;
       if (h < b.Himg && w < b.Wimg) {
-        __stcs(d + ((b.p0 + g) * b.Himg + h) * b.Wimg + w, encode<Raw>(src[g * b.plane + r * b.pitch + c], bf16));
+        store_out(d + ((b.p0 + g) * b.Himg + h) * b.Wimg + w, encode<Raw>(src[g * b.plane + r * b.pitch + c], bf16),
+                  streaming);
       }
     }
   });
@@ -447,16 +458,16 @@ __device__ __forceinline__ void fill_item(const PlanarArgs& a, float* smem, int 
   }
 }
 
-// Writes the output staging of item (n, oh0, ow0): y (scale 1) or dx (scale S).
+// Writes the output staging of item (n, oh0, ow0): y or z (scale 1) or dx (scale S).
 __device__ __forceinline__ void store_item(const PlanarArgs& a, const float* outs, int n, int oh0, int ow0, int c0,
                                            int Gv, int Himg, int Wimg, int scale) {
   const int64_t p0 = static_cast<int64_t>(n) * a.C + c0;
   if (a.whole) {
-    store_run(a.dtype, a.out, p0 * Himg * Wimg, Gv * Himg * Wimg, outs);
+    store_run(a.out_dtype, a.out, p0 * Himg * Wimg, Gv * Himg * Wimg, outs, a.stream_stores != 0);
   } else {
-    store_box(a.dtype, a.out,
+    store_box(a.out_dtype, a.out,
               {p0, Gv, Himg, Wimg, scale * oh0, scale * ow0, a.io_rows, a.io_cols, a.io_cols, a.io_rows * a.io_cols},
-              outs);
+              outs, a.stream_stores != 0);
   }
 }
 
@@ -478,14 +489,15 @@ __device__ __forceinline__ Item item_at(const PlanarArgs& a, int slot, int k, in
 
 // ---------------------------------------------------- forward-like passes
 
-// mode kStats (F1), kApply (F3) or kGradStats (B1). The compute region is the tile.
+// mode kStats (F1; with store_z it writes z too), kApply (F3) or kGradStats
+// (B1). The compute region is the tile.
 template <int K, int S>
 __global__ void __maxnreg__(kPlanarRegs) planar_forward_kernel(const PlanarArgs a, int mode) {
   using C = PlanarCfg<K, S>;
   constexpr int R = C::R, V = C::V;
   extern __shared__ float4 smem_f4[];
   float* smem = reinterpret_cast<float*>(smem_f4);
-  float* io = smem + a.dy_off;  // dy (kGradStats) or y (kApply), compact TH x TW per channel
+  float* io = smem + a.dy_off;  // dy (kGradStats), y (kApply) or z (kStats), compact TH x TW per channel
   const int io_plane = a.TH * a.TW;
   const int t = threadIdx.x, bd = blockDim.x, lane = t & 31, warp = t >> 5;
   const int cg = blockIdx.x % a.CG, slot = blockIdx.x / a.CG;
@@ -564,6 +576,7 @@ __global__ void __maxnreg__(kPlanarRegs) planar_forward_kernel(const PlanarArgs 
             if (nc == V || v < nc) {
               if (mode == kStats) {
                 ss.add(z[i][v]);
+                if (a.store_z) iot[i * a.TW + v] = z[i][v];
               } else if (mode == kApply) {
                 iot[i * a.TW + v] = activate(fmaf(z[i][v], bc.scale, bc.shift), a.act);
               } else {
@@ -577,9 +590,10 @@ __global__ void __maxnreg__(kPlanarRegs) planar_forward_kernel(const PlanarArgs 
       }
     }
     __syncthreads();
-    if (mode == kApply) store_item(a, io, item.n, item.oh0, item.ow0, c0, Gv, a.Ho, a.Wo, 1);
+    if (mode == kApply || a.store_z) store_item(a, io, item.n, item.oh0, item.ow0, c0, Gv, a.Ho, a.Wo, 1);
   }
   if (mode == kApply) return;
+  __syncthreads();  // the reduction scratch may overlap the z staging that store_item reads
 
   // Per-channel reduction of the threads' sums, in a fixed order.
   float* red = smem + a.red_off;
@@ -847,7 +861,7 @@ PlanarPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* k
   a.W = static_cast<int>(s.W);
   a.Ho = (a.H - 1) / S + 1;
   a.Wo = (a.W - 1) / S + 1;
-  a.dtype = static_cast<int>(s.dtype);
+  a.dtype = a.out_dtype = static_cast<int>(s.dtype);
   a.act = static_cast<int>(s.activation);
   a.training = s.training ? 1 : 0;
   a.eps = s.eps;
@@ -999,16 +1013,21 @@ PlanarPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* k
 }
 
 template <int K, int S>
-cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats) {
+cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats) {
   const void* kernel = reinterpret_cast<const void*>(&planar_forward_kernel<K, S>);
   PlanarPlan plan = make_plan<K, S>(s, false, num_sms, kernel);
   if (!plan.ok) return cudaErrorInvalidValue;
   PlanarArgs& a = plan.a;
+  // Workspace: moments partials, then (stored z) the BN coefficients and z.
+  const size_t part_floats = s.training ? static_cast<size_t>(round_up(static_cast<int64_t>(a.C) * a.slots * 3, 4)) : 0;
+  const size_t coef_floats = static_cast<size_t>(round_up(2 * static_cast<int64_t>(a.C), 4));
+  const bool store_z = stores_z(s);
   if (ws_floats != nullptr) {
-    *ws_floats = s.training ? static_cast<size_t>(a.C) * a.slots * 3 : 0;
+    *ws_floats = part_floats + (store_z ? coef_floats + stored_z_floats(s) : 0);
     return cudaSuccess;
   }
+  a.stream_stores = stream_stores ? 1 : 0;
   a.x = fa.x;
   a.out = fa.y;
   a.weight = fa.weight;
@@ -1022,10 +1041,20 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
   cudaError_t err = allow_smem(kernel, plan.smem);
   if (err != cudaSuccess) return err;
   if (s.training) {
+    float* z = workspace + part_floats + coef_floats;
     a.part = workspace;
     a.reverse = 0;
+    a.store_z = store_z ? 1 : 0;
+    if (store_z) {
+      a.out = z;
+      a.out_dtype = static_cast<int>(DType::kFloat32);
+    }
     planar_forward_kernel<K, S><<<plan.blocks, plan.threads, plan.smem, stream>>>(a, kStats);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (store_z) {
+      return launch_apply_stored_z(s, fa, z, workspace, a.slots, workspace + part_floats, num_sms, stream_stores,
+                                   stream);
+    }
     a.part_in = workspace;
     a.in_slots = a.slots;
   }
@@ -1035,7 +1064,7 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
 }
 
 template <int K, int S>
-cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* workspace, int num_sms,
+cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
   const void* fwd_kernel = reinterpret_cast<const void*>(&planar_forward_kernel<K, S>);
   const void* bwd_kernel = reinterpret_cast<const void*>(&planar_backward_kernel<K, S>);
@@ -1053,6 +1082,7 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
   float* dw_part = workspace + grad_floats;
   cudaError_t err;
   for (PlanarArgs* a : {&p1.a, &p3.a}) {
+    a->stream_stores = stream_stores ? 1 : 0;
     a->x = ba.x;
     a->dy = ba.dy;
     a->out = ba.dx;
@@ -1094,14 +1124,15 @@ struct BackwardOp {
 
 }  // namespace
 
-cudaError_t nchw_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats) {
-  return dispatch_kernel_size<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats);
+cudaError_t nchw_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats) {
+  return dispatch_kernel_size<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream_stores, stream, ws_floats);
 }
 
-cudaError_t nchw_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+cudaError_t nchw_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
-  return dispatch_kernel_size<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats, out_k);
+  return dispatch_kernel_size<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream_stores, stream, ws_floats,
+                                          out_k);
 }
 
 }  // namespace detail

@@ -21,6 +21,10 @@
 // (quad, kernel row, row phase) whose K x 4 sums persist in shared memory,
 // each owned by one thread (deterministic). When a tile is the whole plane
 // the halo lies outside the image and is zeroed once instead of per item.
+// Because B3 recomputes z on the halo, its planner picks, among tiles that
+// fit the whole shared-memory budget, the one with the least work per output,
+// with 16 or 32 channels and 128 to 256 threads sized from the halo region.
+// Stored z and streaming stores: as in the NCHW file.
 #include <algorithm>
 #include <utility>
 
@@ -45,6 +49,9 @@ struct NhwcCfg {
 };
 
 constexpr int kMaxThreads = 256;
+// B3's blocks: at least four warps and 16 channels (four quads) where C has them.
+constexpr int kMinBackwardThreads = 128;
+constexpr int kMinBackwardChannels = 16;
 
 enum Mode : int { kStats = 0, kApply = 1, kGradStats = 2 };
 
@@ -61,6 +68,9 @@ struct NhwcArgs {
   int T, J;
   int dz_off, ws_off, coef_off, dw_off, red_off;
   int in_slots;
+  int stream_stores;  // out is larger than L2: streaming stores
+  int store_z;        // kStats: also writes z to out (stores_z), as float32
+  int out_dtype;      // of out: dtype, or float32 for z
   const void* x;
   const void* dy;
   void* out;
@@ -109,20 +119,20 @@ __device__ __forceinline__ float4 load_quad(const Raw* p, int n, bool vec, bool 
 }
 
 template <class Raw>
-__device__ __forceinline__ void store_quad(Raw* p, int n, bool vec, bool bf16, const float4& v) {
+__device__ __forceinline__ void store_quad(Raw* p, int n, bool vec, bool bf16, bool streaming, const float4& v) {
   if (vec) {
     if constexpr (sizeof(Raw) == 4) {
-      __stcs(reinterpret_cast<float4*>(p), v);
+      store_out(reinterpret_cast<float4*>(p), v, streaming);
     } else {
       const unsigned e0 = encode<Raw>(v.x, bf16), e1 = encode<Raw>(v.y, bf16);
       const unsigned e2 = encode<Raw>(v.z, bf16), e3 = encode<Raw>(v.w, bf16);
-      __stcs(reinterpret_cast<uint2*>(p), make_uint2(e0 | (e1 << 16), e2 | (e3 << 16)));
+      store_out(reinterpret_cast<uint2*>(p), make_uint2(e0 | (e1 << 16), e2 | (e3 << 16)), streaming);
     }
     return;
   }
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (k < n) p[k] = encode<Raw>(get(v, k), bf16);
+    if (k < n) store_out(p + k, encode<Raw>(get(v, k), bf16), streaming);
   }
 }
 
@@ -137,10 +147,10 @@ __device__ __forceinline__ float4 load_quad(int dtype, const void* base, int64_t
   return v;
 }
 
-__device__ __forceinline__ void store_quad(int dtype, void* base, int64_t i, int n, bool vec, const float4& v) {
-  with_width(dtype, [&](auto tag) {
+__device__ __forceinline__ void store_quad(const NhwcArgs& a, int64_t i, int n, const float4& v) {
+  with_width(a.out_dtype, [&](auto tag) {
     using Raw = decltype(tag);
-    store_quad(static_cast<Raw*>(base) + i, n, vec, is_bf16(dtype), v);
+    store_quad(static_cast<Raw*>(a.out) + i, n, a.vec != 0, is_bf16(a.out_dtype), a.stream_stores != 0, v);
   });
 }
 
@@ -337,7 +347,9 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_forward_kernel(const Nh
         if (mode == kStats) {
 #pragma unroll
           for (int v = 0; v < V; ++v) {
-            if (v < nv) ss.add(z[v]);
+            if (v >= nv) continue;
+            ss.add(z[v]);
+            if (a.store_z) store_quad(a, (pix + v) * a.C + c, nch, z[v]);
           }
           continue;
         }
@@ -350,7 +362,7 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_forward_kernel(const Nh
           const float4 u = make_float4(fmaf(z[v].x, scale.x, shift.x), fmaf(z[v].y, scale.y, shift.y),
                                        fmaf(z[v].z, scale.z, shift.z), fmaf(z[v].w, scale.w, shift.w));
           if (mode == kApply) {
-            store_quad(a.dtype, a.out, i, nch, a.vec != 0,
+            store_quad(a, i, nch,
                        make_float4(activate(u.x, a.act), activate(u.y, a.act), activate(u.z, a.act), activate(u.w, a.act)));
           } else {
             const float4 g = load_quad(a.dtype, a.dy, i, nch, a.vec != 0);
@@ -513,7 +525,7 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
           const int64_t out = ((static_cast<int64_t>(it.n) * a.H + oh0 + r) * a.W + ow0 + q0) * a.C + c;
 #pragma unroll
           for (int v = 0; v < V; ++v) {
-            if (q0 + v < cols) store_quad(a.dtype, a.out, out + v * a.C, nch, a.vec != 0, dx[v]);
+            if (q0 + v < cols) store_quad(a, out + v * a.C, nch, dx[v]);
           }
         }
       } else {
@@ -537,7 +549,7 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
             const int64_t out = ((static_cast<int64_t>(it.n) * a.H + ix) * a.W + jx) * a.C + c;
 #pragma unroll
             for (int j = 0; j < 2 * C::V2; ++j) {
-              if (j < ncols) store_quad(a.dtype, a.out, out + j * a.C, nch, a.vec != 0, dx[j]);
+              if (j < ncols) store_quad(a, out + j * a.C, nch, dx[j]);
             }
           }
         }
@@ -614,7 +626,7 @@ NhwcPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* ker
   a.W = static_cast<int>(s.W);
   a.Ho = (a.H - 1) / S + 1;
   a.Wo = (a.W - 1) / S + 1;
-  a.dtype = static_cast<int>(s.dtype);
+  a.dtype = a.out_dtype = static_cast<int>(s.dtype);
   a.act = static_cast<int>(s.activation);
   a.training = s.training ? 1 : 0;
   a.eps = s.eps;
@@ -660,57 +672,98 @@ NhwcPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* ker
     return floats;
   };
 
-  const int64_t budget = static_cast<int64_t>(kSmemBudget / 4);
-  int CB = static_cast<int>(std::min<int64_t>(32, round_up(s.C, 4)));
-  int TW = a.Wo, TH = a.Ho;
-  int64_t need = layout(CB, TH, TW);
-  // Shrink the tile (rows, then columns in multiples of V), then the channel block.
-  while (need > budget / 2 && (TH > 4 || TW > 4 * V || CB > 8)) {
-    if (TH > 4) {
-      TH = (TH + 1) / 2;
-    } else if (TW > 4 * V) {
-      TW = static_cast<int>(round_up((TW + 1) / 2, V));
+  // Threads (ts spatial threads per quad wanted) and shared-memory offsets of
+  // the geometry `layout` filled, with T dW row phases (backward); returns
+  // the shared floats.
+  auto arrange = [&](int ts, int T) -> int64_t {
+    plan.threads = static_cast<int>(round_up(static_cast<int64_t>(std::max(ts, 1)) * a.NQ, 32));
+    a.TS = plan.threads / a.NQ;
+    int64_t off = static_cast<int64_t>(a.xs_rows) * a.xs_cols * a.PP;
+    a.dz_off = static_cast<int>(off);
+    if (backward) off += static_cast<int64_t>(a.dz_rows) * a.dz_cols * a.PP;
+    const int64_t tiles = off;
+    a.ws_off = static_cast<int>(off);
+    off += K * K * a.CB;
+    a.coef_off = static_cast<int>(off);
+    off += round_up(6 * a.CB, 4);
+    const int64_t red = 12 * static_cast<int64_t>(plan.threads);
+    if (backward) {
+      a.T = T;
+      a.J = a.NQ * K * T;
+      a.dw_off = static_cast<int>(off);
+      off += static_cast<int64_t>(a.J) * K * 4;
+    } else if (red <= tiles) {
+      a.red_off = 0;
     } else {
-      CB = static_cast<int>(round_up(CB / 2, 4));
+      a.red_off = static_cast<int>(off);
+      off += round_up(red, 4);
     }
-    need = layout(CB, TH, TW);
+    return off;
+  };
+
+  const int64_t budget = static_cast<int64_t>(kSmemBudget / 4);
+  const int C4 = static_cast<int>(round_up(s.C, 4));
+  if (!backward) {
+    int CB = std::min(32, C4);
+    int TW = a.Wo, TH = a.Ho;
+    int64_t need = layout(CB, TH, TW);
+    // Shrink the tile (rows, then columns in multiples of V), then the channel block.
+    while (need > budget / 2 && (TH > 4 || TW > 4 * V || CB > 8)) {
+      if (TH > 4) {
+        TH = (TH + 1) / 2;
+      } else if (TW > 4 * V) {
+        TW = static_cast<int>(round_up((TW + 1) / 2, V));
+      } else {
+        CB = static_cast<int>(round_up(CB / 2, 4));
+      }
+      need = layout(CB, TH, TW);
+    }
+    while (need > budget && TH > 1) need = layout(CB, TH = (TH + 1) / 2, TW);
+    if (need > budget) return plan;  // ok = false
+    // Spatial threads: enough for the tile's micro-tiles (at most 256 threads).
+    const int nmt = a.TH * static_cast<int>(ceil_div(a.TW, V));
+    if (arrange(std::min(kMaxThreads / a.NQ, static_cast<int>(round_up(nmt, 32 / std::min(a.NQ, 32)))), 0) > budget) {
+      return plan;
+    }
+  } else {
+    // B3 computes dz on the tile's halo region too, so small tiles recompute
+    // most of their z: of the tiles (and 16 or 32 channels, 128 to 256
+    // threads sized from the region) that fit the whole budget, take the one
+    // with the least work per output, counted as z over the region (the tile
+    // alone when it is the plane: the halo is zero) plus dx and dW over the
+    // tile; ties: more channels, then more dW row phases.
+    struct Pick {
+      int CB = 0, TH = 0, TW = 0, ts = 0, T = 0;
+      double cost = 0.;
+    } best;
+    for (const int CB : {std::min(32, C4), std::min(kMinBackwardChannels, C4)}) {
+      for (int TH = a.Ho;; TH = (TH + 1) / 2) {
+        for (int TW = a.Wo;; TW = static_cast<int>(round_up((TW + 1) / 2, V))) {
+          layout(CB, TH, TW);
+          const int nq = CB / 4;
+          const int region = a.reg_rows * static_cast<int>(ceil_div(a.reg_cols, V));
+          const int ts = std::min(kMaxThreads / nq, std::max(region, static_cast<int>(ceil_div(kMinBackwardThreads, nq))));
+          const int threads = static_cast<int>(round_up(static_cast<int64_t>(ts) * nq, 32));
+          for (int T = std::min(std::max(1, threads / (nq * K)), TH); T >= 1; --T) {
+            if (arrange(ts, T) > budget) continue;
+            const double z_work = a.whole ? static_cast<double>(TH) * TW : static_cast<double>(a.reg_rows) * a.reg_cols;
+            const double cost = (z_work + 2. * TH * TW) / (static_cast<double>(TH) * TW);
+            if (best.CB == 0 || cost < best.cost) best = {CB, TH, TW, ts, T, cost};
+            break;  // the most row phases that fit
+          }
+          if (TW <= V) break;
+        }
+        if (TH == 1) break;
+      }
+    }
+    if (best.CB == 0) return plan;  // ok = false
+    layout(best.CB, best.TH, best.TW);
+    arrange(best.ts, best.T);
   }
-  while (need > budget && TH > 1) need = layout(CB, TH = (TH + 1) / 2, TW);
-  if (need > budget) return plan;  // ok = false
   a.NTW = static_cast<int>(ceil_div(a.Wo, a.TW));
   a.NT = static_cast<int>(ceil_div(a.Ho, a.TH)) * a.NTW;
   a.CBG = static_cast<int>(ceil_div(a.C, a.CB));
-
-  // Spatial threads: enough for the tile's micro-tiles (at most 256 threads),
-  // and for B3 at least K per quad so every dW job has a thread.
-  const int nmt = a.TH * static_cast<int>(ceil_div(a.TW, V));
-  int TS = std::min(kMaxThreads / a.NQ, static_cast<int>(round_up(nmt, 32 / std::min(a.NQ, 32))));
-  if (backward) TS = std::max(TS, std::min(K, kMaxThreads / a.NQ));
-  a.TS = std::max(TS, 1);
-  plan.threads = static_cast<int>(round_up(static_cast<int64_t>(a.TS) * a.NQ, 32));
-  a.TS = plan.threads / a.NQ;
-
-  int64_t off = static_cast<int64_t>(a.xs_rows) * a.xs_cols * a.PP;
-  a.dz_off = static_cast<int>(off);
-  if (backward) off += static_cast<int64_t>(a.dz_rows) * a.dz_cols * a.PP;
-  const int64_t tiles = off;
-  a.ws_off = static_cast<int>(off);
-  off += K * K * a.CB;
-  a.coef_off = static_cast<int>(off);
-  off += round_up(6 * a.CB, 4);
-  int64_t red = 12 * static_cast<int64_t>(plan.threads);
-  if (backward) {
-    a.T = std::max(1, plan.threads / (a.NQ * K));
-    a.J = a.NQ * K * a.T;
-    a.dw_off = static_cast<int>(off);
-    off += static_cast<int64_t>(a.J) * K * 4;
-  } else if (red <= tiles) {
-    a.red_off = 0;
-  } else {
-    a.red_off = static_cast<int>(off);
-    off += round_up(red, 4);
-  }
-  plan.smem = static_cast<size_t>(off) * sizeof(float);
+  plan.smem = static_cast<size_t>(arrange(a.TS, a.T)) * sizeof(float);
   if (plan.smem > kSmemBudget) return plan;
 
   const int per_sm = resident_blocks(kernel, plan.threads, plan.smem);
@@ -732,16 +785,22 @@ bool quads_aligned(const OpShape& s, std::initializer_list<const void*> ptrs) {
 }
 
 template <int K, int S>
-cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats) {
+cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats) {
   const void* kernel = reinterpret_cast<const void*>(&nhwc_forward_kernel<K, S>);
   NhwcPlan plan = make_plan<K, S>(s, false, num_sms, kernel, quads_aligned(s, {fa.x, fa.y}));
   if (!plan.ok) return cudaErrorInvalidValue;
   NhwcArgs& a = plan.a;
+  // Workspace: moments partials, then (stored z) the BN coefficients and z.
+  const bool store_z = stores_z(s);
+  const size_t part_floats = s.training ? static_cast<size_t>(round_up(static_cast<int64_t>(a.C) * a.slots * 3, 4)) : 0;
+  const size_t coef_floats = static_cast<size_t>(round_up(2 * static_cast<int64_t>(a.C), 4));
   if (ws_floats != nullptr) {
-    *ws_floats = s.training ? static_cast<size_t>(a.C) * a.slots * 3 : 0;
+    *ws_floats = part_floats + (store_z ? coef_floats + stored_z_floats(s) : 0);
     return cudaSuccess;
   }
+  float* z = store_z ? workspace + part_floats + coef_floats : nullptr;
+  a.stream_stores = stream_stores ? 1 : 0;
   a.x = fa.x;
   a.out = fa.y;
   a.weight = fa.weight;
@@ -757,8 +816,17 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
   if (s.training) {
     a.part = workspace;
     a.reverse = 0;
+    a.store_z = store_z ? 1 : 0;
+    if (store_z) {
+      a.out = z;
+      a.out_dtype = static_cast<int>(DType::kFloat32);
+    }
     nhwc_forward_kernel<K, S><<<plan.blocks, plan.threads, plan.smem, stream>>>(a, kStats);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (store_z) {
+      return launch_apply_stored_z(s, fa, z, workspace, a.slots, workspace + part_floats, num_sms, stream_stores,
+                                   stream);
+    }
     a.part_in = workspace;
     a.in_slots = a.slots;
   }
@@ -768,7 +836,7 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
 }
 
 template <int K, int S>
-cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* workspace, int num_sms,
+cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
   const void* fwd_kernel = reinterpret_cast<const void*>(&nhwc_forward_kernel<K, S>);
   const void* bwd_kernel = reinterpret_cast<const void*>(&nhwc_backward_kernel<K, S>);
@@ -786,6 +854,7 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
   float* grad_part = workspace;
   float* dw_part = workspace + grad_floats;
   for (NhwcArgs* a : {&p1.a, &p3.a}) {
+    a->stream_stores = stream_stores ? 1 : 0;
     a->x = ba.x;
     a->dy = ba.dy;
     a->out = ba.dx;
@@ -828,14 +897,15 @@ struct BackwardOp {
 
 }  // namespace
 
-cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, cudaStream_t stream,
-                         size_t* ws_floats) {
-  return dispatch_kernel_size<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats);
+cudaError_t nhwc_forward(const OpShape& s, const ForwardArgs& a, float* workspace, int num_sms, bool stream_stores,
+                         cudaStream_t stream, size_t* ws_floats) {
+  return dispatch_kernel_size<ForwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream_stores, stream, ws_floats);
 }
 
-cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms,
+cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* workspace, int num_sms, bool stream_stores,
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
-  return dispatch_kernel_size<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream, ws_floats, out_k);
+  return dispatch_kernel_size<BackwardOp>(s.K, s.stride, s, a, workspace, num_sms, stream_stores, stream, ws_floats,
+                                          out_k);
 }
 
 }  // namespace detail

@@ -5,10 +5,13 @@
 // or by nvcc for a GPU (benchmarks/gpu_check.sh; repeated runs).
 //
 // Case: N C H W K stride dtype(f32|f16|bf16) layout(nchw|nhwc) mode(train|eval)
-//       act(relu6|relu|none) runs offset sms   (offset: added to x; sms 0: the device's)
-// Result: ok <case> y=E mean=E var=E dx=E dw=E dgamma=E dbeta=E identical=0|1
-//         launches=name/blocks/threads/smem/resident;...   (simulator only)
+//       act(relu6|relu|none) runs offset sms [l2=BYTES] [store_z=auto|0|1]
+//       (offset: added to x; sms 0: the device's; l2: the L2 size the kernels
+//       are told, else the device's (the simulator: sim::Config's); store_z: OpShape::store_z)
+// Result: ok <case> y=E mean=E var=E dx=E dw=E dgamma=E dbeta=E identical=0|1 digest=HEX
+//         launches=name/blocks/threads/smem/resident/streaming_stores;...   (simulator only)
 // or:     error <case> <why>
+// digest: a hash of every output's bits (y, the statistics and the gradients).
 // Each E is a normalised max error: by max |ref| (y, dx), by the scale of a
 // float32 sum of the terms (dw: sum |dz * x| per tap; dgamma, dbeta: sum of
 // |terms| per channel), by the standard deviation (mean), relative (var).
@@ -43,6 +46,8 @@ struct Case {
   int runs;
   double offset;
   int sms;
+  long long l2 = -1;  // -1: the device's
+  ck::StoreZ store_z = ck::StoreZ::kAuto;
 };
 
 bool parse(const std::string& line, Case* c, std::string* why) {
@@ -59,6 +64,15 @@ bool parse(const std::string& line, Case* c, std::string* why) {
   c->training = mode == "train";
   c->act = act == "relu6" ? ck::Activation::kReLU6 : act == "relu" ? ck::Activation::kReLU : ck::Activation::kNone;
   c->runs = std::max(c->runs, 1);
+  for (std::string opt; in >> opt;) {
+    if (opt.rfind("l2=", 0) == 0) {
+      c->l2 = std::stoll(opt.substr(3));
+    } else if (opt == "store_z=auto" || opt == "store_z=0" || opt == "store_z=1") {
+      c->store_z = opt == "store_z=auto" ? ck::StoreZ::kAuto : opt == "store_z=1" ? ck::StoreZ::kStore : ck::StoreZ::kRecompute;
+    } else {
+      return *why = "unknown option " + opt + " (l2=BYTES, store_z=auto|0|1)", false;
+    }
+  }
   return true;
 }
 
@@ -157,7 +171,7 @@ std::string run_case(const Case& c) {
   const long N = c.N, C = c.C, H = c.H, W = c.W, K = c.K, S = c.stride, P = K / 2;
   const long Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
   const float eps = 1e-5f;
-  const ck::OpShape shape{N, C, H, W, c.K, c.stride, c.dtype, c.channels_last, c.training, c.act, eps};
+  const ck::OpShape shape{N, C, H, W, c.K, c.stride, c.dtype, c.channels_last, c.training, c.act, eps, c.store_z};
   if (const char* why = ck::unsupported_reason(shape)) return std::string("unsupported: ") + why;
   auto in_at = [&](long n, long ch, long h, long w) {
     return static_cast<size_t>(c.channels_last ? ((n * H + h) * W + w) * C + ch : ((n * C + ch) * H + h) * W + w);
@@ -263,10 +277,14 @@ std::string run_case(const Case& c) {
   sim::Config cfg;
   if (sms > 0) cfg.sms = sms;
 #endif
-  if (sms <= 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int64_t l2 = c.l2;
+  if (l2 < 0) {
+    int bytes = 0;
+    cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev);
+    l2 = bytes;
   }
   const size_t fws = ck::forward_workspace_bytes(shape, sms), bws = ck::backward_workspace_bytes(shape, sms);
   Device dx_in(x.bytes.size()), ddy(dy.bytes.size()), dw(wt.size() * 4), dg(C * 4), db(C * 4), drm(C * 4),
@@ -301,10 +319,10 @@ std::string run_case(const Case& c) {
       dsv.upload(rvar.data());
     }
     const ck::ForwardArgs fa{dx_in.p, dw.f(), dg.f(), db.f(), drm.f(), drv.f(), dyo.p, dsm.f(), dsv.f()};
-    cudaError_t err = ck::forward(shape, fa, fwork.p, sms, nullptr);
+    cudaError_t err = ck::forward(shape, fa, fwork.p, sms, l2, nullptr);
     if (err != cudaSuccess) return std::string("forward failed: ") + cudaGetErrorString(err);
     const ck::BackwardArgs ba{ddy.p, dx_in.p, dw.f(), dg.f(), db.f(), dsm.f(), dsv.f(), ddx.p, ddw.f(), ddg.f(), ddb.f()};
-    err = ck::backward(shape, ba, bwork.p, sms, nullptr);
+    err = ck::backward(shape, ba, bwork.p, sms, l2, nullptr);
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) return std::string("backward failed: ") + cudaGetErrorString(err);
     std::vector<std::vector<unsigned char>> got{dyo.download(), dsm.download(), dsv.download(), ddx.download(),
@@ -316,7 +334,8 @@ std::string run_case(const Case& c) {
         std::string name(r.name);
         name.erase(std::remove(name.begin(), name.end(), ' '), name.end());
         launches += (launches.empty() ? "" : ";") + name + "/" + std::to_string(r.blocks) + "/" +
-                    std::to_string(r.threads) + "/" + std::to_string(r.smem) + "/" + std::to_string(r.resident);
+                    std::to_string(r.threads) + "/" + std::to_string(r.smem) + "/" + std::to_string(r.resident) +
+                    "/" + std::to_string(r.streaming_stores);
       }
 #endif
     } else {
@@ -357,9 +376,15 @@ std::string run_case(const Case& c) {
     upd(eb, std::fabs(gb[ch] - dbeta[ch]) / std::max(sdb[ch], 1e-30));
     for (long t = 0; t < K * K; ++t) upd(ew, std::fabs(gw[ch * K * K + t] - dwref[ch * K * K + t]) / std::max(dwscale[ch * K * K + t], 1e-30));
   }
+  uint64_t digest = 0xcbf29ce484222325ull;  // FNV-1a over every output's bytes
+  for (const auto& out : first) {
+    for (unsigned char b : out) digest = (digest ^ b) * 0x100000001b3ull;
+  }
   char buf[512];
-  std::snprintf(buf, sizeof buf, "y=%.3g mean=%.3g var=%.3g dx=%.3g dw=%.3g dgamma=%.3g dbeta=%.3g identical=%d",
-                ey / std::max(ymax, 1e-30), em, ev, edx / std::max(dxmax, 1e-30), ew, eg, eb, identical ? 1 : 0);
+  std::snprintf(buf, sizeof buf,
+                "y=%.3g mean=%.3g var=%.3g dx=%.3g dw=%.3g dgamma=%.3g dbeta=%.3g identical=%d digest=%016llx",
+                ey / std::max(ymax, 1e-30), em, ev, edx / std::max(dxmax, 1e-30), ew, eg, eb, identical ? 1 : 0,
+                static_cast<unsigned long long>(digest));
   return std::string("ok ") + buf + (launches.empty() ? "" : " launches=" + launches);
 }
 

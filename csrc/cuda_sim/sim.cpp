@@ -76,6 +76,7 @@ Launch launch_state;
 cudaError_t last_error = cudaSuccess;
 std::map<const void*, int> smem_attr;  // kernel -> max dynamic shared memory
 std::vector<LaunchRecord> records;
+size_t streaming_stores = 0;  // of the running launch
 constexpr size_t kStaticSmemLimit = 48 * 1024;
 #if SIM_ASAN
 const void* scheduler_stack = nullptr;  // the main stack, as ASan reports it on a fiber's first entry
@@ -313,6 +314,8 @@ void cp_async(void* dst, const void* src, int bytes, const char* file, int line)
   current->copies.push_back(c);
 }
 
+void count_streaming_store() { ++streaming_stores; }
+
 void cp_async_wait_all() {
   for (const Copy& c : current->copies) std::memcpy(c.dst, c.bytes, 16);
   current->copies.clear();
@@ -329,7 +332,7 @@ cudaError_t run_grid(const void* kernel, const char* name, dim3 grid, dim3 block
   }
   int resident = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, static_cast<int>(block.x), smem);
-  records.push_back({name, grid.x, block.x, smem, resident, err});
+  records.push_back({name, grid.x, block.x, smem, resident, err, 0});
   if (err != cudaSuccess) {
     if (config.fail_on_launch_error) {
       std::fprintf(stderr, "cuda_sim: launch of %s failed: %u blocks of %u threads, %zu bytes of shared memory (limit %zu)\n",
@@ -347,7 +350,9 @@ cudaError_t run_grid(const void* kernel, const char* name, dim3 grid, dim3 block
   std::vector<unsigned> order(grid.x);
   for (unsigned b = 0; b < grid.x; ++b) order[b] = b;
   std::shuffle(order.begin(), order.end(), rng);
+  streaming_stores = 0;
   for (unsigned b : order) run_block(b, block);
+  records.back().streaming_stores = streaming_stores;
   launch_state = {};
   return cudaSuccess;
 }
@@ -372,8 +377,13 @@ cudaError_t cudaGetDevice(int* device) {
 }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = sim::config.sms;
+  if (attr == cudaDevAttrMultiProcessorCount) {
+    *value = sim::config.sms;
+  } else if (attr == cudaDevAttrL2CacheSize) {
+    *value = sim::config.l2_bytes;
+  } else {
+    return cudaErrorInvalidValue;
+  }
   return cudaSuccess;
 }
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {

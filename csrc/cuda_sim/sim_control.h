@@ -16,6 +16,7 @@ struct Config {
   size_t smem_per_sm = 233472;  // 228 KB, 1 KB of it reserved per block
   int smem_per_block = 232448;  // the most a kernel may opt in to
   int regs_per_thread = 112;    // the kernels' register caps (__maxnreg__) round to this
+  int l2_bytes = 50 << 20;      // cudaDevAttrL2CacheSize: 50 MB (H100 SXM / H200)
   bool fail_on_launch_error = false;
 };
 
@@ -25,6 +26,7 @@ struct LaunchRecord {
   size_t smem;
   int resident;  // blocks per multiprocessor, from the occupancy model
   cudaError_t error;
+  size_t streaming_stores;  // __stcs calls of all its threads
 };
 
 void configure(const Config& c);

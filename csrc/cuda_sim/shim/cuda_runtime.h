@@ -51,7 +51,7 @@ using cudaError = cudaError_t;
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr : int { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr : int { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrL2CacheSize = 38 };
 enum cudaMemcpyKind : int { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 
 // ------------------------------------------------------ the simulator core
@@ -71,6 +71,7 @@ int lane();
 void check_aligned(const void* p, size_t align, const char* what, const char* file, int line);
 void cp_async(void* dst, const void* src, int bytes, const char* file, int line);
 void cp_async_wait_all();
+void count_streaming_store();  // the launch record counts __stcs (sim_control.h)
 
 using Body = void (*)(void* ctx);
 // Runs body(ctx) as a grid; returns the launch error (also stored for cudaGetLastError).
@@ -135,6 +136,7 @@ inline T sim_ldg_(const T* p, const char* file, int line) {
 template <class T>
 inline void sim_stcs_(T* p, const T& v, const char* file, int line) {
   ::sim::check_aligned(p, alignof(T), "__stcs", file, line);
+  ::sim::count_streaming_store();
   *p = v;
 }
 #define __ldg(p) sim_ldg_(p, __FILE__, __LINE__)
