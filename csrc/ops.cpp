@@ -1,8 +1,9 @@
 // The one registration point of mixpath._C: the schemas of the fused op
 // (kept identical to FORWARD_SCHEMA / BACKWARD_SCHEMA in
 // mixpath/ops/compiled_op.py), the CPU and CUDA kernels bound to them behind
-// one shared argument check, and the Python module `mixpath._C` whose import
-// runs these registrations. Python already validates through
+// one shared argument check, the CUDA-only pair that keeps z for the
+// backward (FORWARD_Z_SCHEMA / BACKWARD_Z_SCHEMA), and the Python module
+// `mixpath._C` whose import runs these registrations. Python already validates through
 // mixpath.ops.contract, but the raw ops can be called directly.
 #include <Python.h>
 #include <torch/library.h>
@@ -11,6 +12,9 @@
 #include <string>
 
 #include "fused_dwconv_bn.h"
+#ifdef MIXPATH_WITH_CUDA
+#include "cuda/fused_dwconv_bn_keep_z.h"
+#endif
 
 namespace mixpath {
 namespace {
@@ -52,13 +56,9 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& weight,
               ": activation must be 'relu6', 'relu' or 'none'; got '", std::string(activation), "'");
 }
 
-template <ForwardResult (*Impl)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                const at::Tensor&, const at::Tensor&, int64_t, bool, double, c10::string_view)>
-ForwardResult forward_checked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
-                              const at::Tensor& bn_bias, const at::Tensor& running_mean,
-                              const at::Tensor& running_var, int64_t stride, bool training, double eps,
-                              c10::string_view activation) {
-  constexpr const char* op = "mixpath::fused_dwconv_bn_forward";
+void check_forward(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
+                   const at::Tensor& bn_bias, const at::Tensor& running_mean, const at::Tensor& running_var,
+                   int64_t stride, bool training, double eps, c10::string_view activation) {
   const char* stats[2] = {"running_mean", "running_var"};
   check_common(op, x, weight, bn_weight, bn_bias, stats, running_mean, running_var, stride, eps, activation);
   if (training) {
@@ -66,17 +66,11 @@ ForwardResult forward_checked(const at::Tensor& x, const at::Tensor& weight, con
     TORCH_CHECK(x.size(0) * Ho * Wo > 1, op, ": training needs more than one value per channel for the batch "
                 "statistics; x ", x.sizes(), " with stride ", stride, " gives one");
   }
-  return Impl(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training, eps, activation);
 }
 
-template <BackwardResult (*Impl)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double,
-                                 c10::string_view)>
-BackwardResult backward_checked(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
-                                const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& save_mean,
-                                const at::Tensor& save_var, int64_t stride, bool training, double eps,
-                                c10::string_view activation) {
-  constexpr const char* op = "mixpath::fused_dwconv_bn_backward";
+void check_backward(const char* op, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& save_mean,
+                    const at::Tensor& save_var, int64_t stride, double eps, c10::string_view activation) {
   const char* stats[2] = {"save_mean", "save_var"};
   check_common(op, x, weight, bn_weight, bn_bias, stats, save_mean, save_var, stride, eps, activation);
   const int64_t Ho = (x.size(2) - 1) / stride + 1, Wo = (x.size(3) - 1) / stride + 1;
@@ -87,8 +81,58 @@ BackwardResult backward_checked(const at::Tensor& dy, const at::Tensor& x, const
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), op, ": dy must have x's dtype ", x.scalar_type(), "; got ",
               describe(dy));
   TORCH_CHECK(dy.device() == x.device(), op, ": dy is on ", dy.device(), " but x is on ", x.device());
+}
+
+template <ForwardResult (*Impl)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&, int64_t, bool, double, c10::string_view)>
+ForwardResult forward_checked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
+                              const at::Tensor& bn_bias, const at::Tensor& running_mean,
+                              const at::Tensor& running_var, int64_t stride, bool training, double eps,
+                              c10::string_view activation) {
+  check_forward("mixpath::fused_dwconv_bn_forward", x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
+                training, eps, activation);
+  return Impl(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training, eps, activation);
+}
+
+template <BackwardResult (*Impl)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double,
+                                 c10::string_view)>
+BackwardResult backward_checked(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& save_mean,
+                                const at::Tensor& save_var, int64_t stride, bool training, double eps,
+                                c10::string_view activation) {
+  check_backward("mixpath::fused_dwconv_bn_backward", dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride,
+                 eps, activation);
   return Impl(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride, training, eps, activation);
 }
+
+#ifdef MIXPATH_WITH_CUDA
+ForwardZResult forward_z_checked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
+                                 const at::Tensor& bn_bias, const at::Tensor& running_mean,
+                                 const at::Tensor& running_var, int64_t stride, bool training, double eps,
+                                 c10::string_view activation) {
+  constexpr const char* op = "mixpath::fused_dwconv_bn_forward_z";
+  TORCH_CHECK(training, op, ": z is kept only in training (eval computes y in one pass); call "
+              "mixpath::fused_dwconv_bn_forward instead");
+  check_forward(op, x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training, eps, activation);
+  return fused_dwconv_bn_forward_z_cuda(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training,
+                                        eps, activation);
+}
+
+BackwardResult backward_z_checked(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& z,
+                                  const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                                  const at::Tensor& save_mean, const at::Tensor& save_var, int64_t stride,
+                                  bool training, double eps, c10::string_view activation) {
+  constexpr const char* op = "mixpath::fused_dwconv_bn_backward_z";
+  TORCH_CHECK(training, op, ": z is kept only in training; call mixpath::fused_dwconv_bn_backward instead");
+  check_backward(op, dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride, eps, activation);
+  TORCH_CHECK(z.sizes() == dy.sizes() && z.scalar_type() == at::kFloat && z.device() == x.device(), op,
+              ": z must be the float32 tensor of y's shape ", dy.sizes(), " that forward_z returned, on ", x.device(),
+              "; got ", describe(z));
+  return fused_dwconv_bn_backward_z_cuda(dy, x, z, weight, bn_weight, bn_bias, save_mean, save_var, stride, training,
+                                         eps, activation);
+}
+#endif
 
 }  // namespace
 }  // namespace mixpath
@@ -99,6 +143,14 @@ TORCH_LIBRARY(mixpath, m) {
       "Tensor running_var, int stride, bool training, float eps, str activation) -> (Tensor, Tensor, Tensor)");
   m.def(
       "fused_dwconv_bn_backward(Tensor dy, Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor save_mean, Tensor save_var, int stride, bool training, float eps, str activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // CUDA only (the kernels in csrc/cuda): the training forward also returns z, which the backward reads.
+  m.def(
+      "fused_dwconv_bn_forward_z(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, Tensor running_mean, "
+      "Tensor running_var, int stride, bool training, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "fused_dwconv_bn_backward_z(Tensor dy, Tensor x, Tensor z, Tensor weight, Tensor bn_weight, Tensor bn_bias, "
       "Tensor save_mean, Tensor save_var, int stride, bool training, float eps, str activation) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
@@ -114,6 +166,8 @@ TORCH_LIBRARY_IMPL(mixpath, CUDA, m) {
   using namespace mixpath;
   m.impl("fused_dwconv_bn_forward", TORCH_FN(forward_checked<&fused_dwconv_bn_forward_cuda>));
   m.impl("fused_dwconv_bn_backward", TORCH_FN(backward_checked<&fused_dwconv_bn_backward_cuda>));
+  m.impl("fused_dwconv_bn_forward_z", TORCH_FN(forward_z_checked));
+  m.impl("fused_dwconv_bn_backward_z", TORCH_FN(backward_z_checked));
 }
 #endif
 

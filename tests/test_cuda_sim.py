@@ -146,9 +146,26 @@ NHWC_BACKWARD = [f"1 {C} {H} {H} {K} 1 {dt} nhwc train {act} 1 0 1"
                                                                                               ("bf16", "none")]))]
 
 
+# The forward keeps z (float32) for the backward, whose B1 and B3 then read it
+# instead of recomputing the convolution: training bases of both layouts,
+# whole planes and tiles (the tiled B3 reads z on its halo), against
+# recomputing.
+KEEP_Z_BASES = [b for b in VARIANT_BASES if b.split()[8] == "train"] + [TILED[1], "2 10 9 11 5 2 f16 nchw train relu 1 0 132"]
+KEEP_Z = [f"{base}{z}" for base in KEEP_Z_BASES for z in ("", " keep_z=f32")]
+
+
 @pytest.fixture(scope="session")
 def variant_results(harness):
-    return _run(harness, VARIANTS + NHWC_BACKWARD, timeout=900)
+    return _run(harness, VARIANTS + NHWC_BACKWARD + KEEP_Z, timeout=900)
+
+
+@pytest.mark.parametrize("base", KEEP_Z_BASES)
+def test_kept_z_changes_no_bit(variant_results, base):
+    """Reading the forward's float32 z gives the bits of recomputing it (each output sums the taps in one order)."""
+    recomputed, kept = variant_results[base], variant_results[base + " keep_z=f32"]
+    _check(kept, base)
+    assert kept["digest"] == recomputed["digest"], (recomputed["raw"], kept["raw"])
+    assert any("apply_stored_z" in name for name, *_ in _launches(kept)), kept["raw"]
 
 
 @pytest.mark.parametrize("base", VARIANT_BASES)

@@ -63,19 +63,24 @@ __global__ void stored_z_stats_kernel(const float* __restrict__ part, int slots,
 }
 
 // y[i] = act(z[i] * scale[c] + shift[c]), c = i's channel: i / plane % C
-// (NCHW, plane = Ho * Wo) or i % C (channels_last, plane = 1).
-__global__ void apply_stored_z_kernel(int dtype, const float* __restrict__ z, int64_t n, int64_t C, int64_t plane,
-                                      const float* __restrict__ coef, int act, int streaming, void* __restrict__ y) {
+// (NCHW, plane = Ho * Wo) or i % C (channels_last, plane = 1); z in z_dtype.
+__global__ void apply_stored_z_kernel(int dtype, int z_dtype, const void* __restrict__ z, int64_t n, int64_t C,
+                                      int64_t plane, const float* __restrict__ coef, int act, int streaming,
+                                      void* __restrict__ y) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const bool bf16 = is_bf16(dtype);
-  with_width(dtype, [&](auto tag) {
-    using Raw = decltype(tag);
-    Raw* yr = static_cast<Raw*>(y);
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-      const int64_t c = (i / plane) % C;
-      const float u = fmaf(__ldg(z + i), __ldg(coef + c), __ldg(coef + C + c));
-      store_out(yr + i, encode<Raw>(activate(u, act), bf16), streaming != 0);
-    }
+  const bool bf16 = is_bf16(dtype), z_bf16 = is_bf16(z_dtype);
+  with_width(z_dtype, [&](auto ztag) {
+    using ZRaw = decltype(ztag);
+    const ZRaw* zr = static_cast<const ZRaw*>(z);
+    with_width(dtype, [&](auto tag) {
+      using Raw = decltype(tag);
+      Raw* yr = static_cast<Raw*>(y);
+      for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+        const int64_t c = (i / plane) % C;
+        const float u = fmaf(decode(__ldg(zr + i), z_bf16), __ldg(coef + c), __ldg(coef + C + c));
+        store_out(yr + i, encode<Raw>(activate(u, act), bf16), streaming != 0);
+      }
+    });
   });
 }
 
@@ -99,7 +104,7 @@ cudaError_t launch_backward_finish(const float* grad_part, int grad_slots, const
   return cudaGetLastError();
 }
 
-cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const float* z, const float* part, int slots,
+cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const void* z, const float* part, int slots,
                                   float* coef, int num_sms, bool stream_stores, cudaStream_t stream) {
   constexpr int kWarps = 8;
   stored_z_stats_kernel<<<static_cast<unsigned>(ceil_div(s.C, kWarps)), 32 * kWarps, 0, stream>>>(
@@ -114,13 +119,14 @@ cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const 
                                                             kThreads, 0)) * std::max(num_sms, 1);
   int64_t blocks = ceil_div(n, kThreads);
   if (blocks > wave) blocks = std::min(blocks / wave, int64_t{4}) * wave;
-  apply_stored_z_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(static_cast<int>(s.dtype), z, n, s.C,
-                                                         s.channels_last ? 1 : Ho * Wo, coef,
-                                                         static_cast<int>(s.activation), stream_stores ? 1 : 0, a.y);
+  apply_stored_z_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<int>(s.dtype), static_cast<int>(stored_z_dtype(s)), z, n, s.C, s.channels_last ? 1 : Ho * Wo, coef,
+      static_cast<int>(s.activation), stream_stores ? 1 : 0, a.y);
   return cudaGetLastError();
 }
 
 size_t stored_z_floats(const OpShape& s) {
+  if (s.keeps_z) return 0;
   const int64_t Ho = (s.H - 1) / s.stride + 1, Wo = (s.W - 1) / s.stride + 1;
   return static_cast<size_t>(round_up(s.N * s.C * Ho * Wo, 4));
 }
@@ -236,6 +242,7 @@ bool streams(const OpShape& s, int64_t H, int64_t W, int64_t l2_bytes) {
 
 bool stores_z(const OpShape& s) {
   if (!s.training) return false;
+  if (s.keeps_z) return true;
   if (s.store_z == StoreZ::kAuto) return s.K >= kStoreZMinK;
   return s.store_z == StoreZ::kStore;
 }
@@ -249,6 +256,7 @@ const char* unsupported_reason(const OpShape& s) {
     return "x is too large for the CUDA kernels' 32-bit plane and item indices";
   }
   if (s.eps <= 0.f) return "eps must be positive";
+  if (s.keeps_z && !s.training) return "keeping z needs a training forward (eval computes y in one pass)";
   return nullptr;
 }
 

@@ -29,16 +29,26 @@ cudaError_t nhwc_backward(const OpShape& s, const BackwardArgs& a, float* worksp
                           cudaStream_t stream, size_t* ws_floats, int out_k);
 
 // A training forward that stores z (stores_z): the layouts' statistics pass
-// writes z (float32, y's shape and layout) at `z` with its moments partials
-// (n, mean, m2 per [channel][slot]), then this merges each channel's partials
-// in the same fixed order as the apply pass (-> save_mean, save_var, and the
-// BN scale and shift in coef, 2 * C floats) and applies BN and the activation
-// to z elementwise.
-cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const float* z, const float* part, int slots,
+// writes z (stored_z_dtype, y's shape and layout) at `z` with its moments
+// partials (n, mean, m2 per [channel][slot]), then this merges each channel's
+// partials in the same fixed order as the apply pass (-> save_mean, save_var,
+// and the BN scale and shift in coef, 2 * C floats) and applies BN and the
+// activation to z elementwise.
+cudaError_t launch_apply_stored_z(const OpShape& s, const ForwardArgs& a, const void* z, const float* part, int slots,
                                   float* coef, int num_sms, bool stream_stores, cudaStream_t stream);
 
-// Floats of workspace z takes (a multiple of 4: what follows stays 16-byte aligned).
+// Floats of workspace a stored z takes: 0 when the caller keeps z, else float32
+// z rounded up to a multiple of 4 (what follows stays 16-byte aligned).
 size_t stored_z_floats(const OpShape& s);
+
+// Where the statistics pass writes a stored z, and as what: the caller's
+// ForwardArgs::z in z_dtype when it keeps z, else the workspace in float32.
+inline DType stored_z_dtype(const OpShape& s) { return s.keeps_z ? s.z_dtype : DType::kFloat32; }
+inline void* stored_z_at(const OpShape& s, const ForwardArgs& a, float* workspace_z) {
+  return s.keeps_z ? a.z : workspace_z;
+}
+
+inline int dtype_bytes(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 
 // dbeta[c] = sum of grad_part[c][i][0], dgamma[c] = rsqrt(var[c] + eps) * sum of
 // grad_part[c][i][1] (i < grad_slots), dweight[c] = sum of dw_part[c][i]

@@ -22,7 +22,7 @@ enum class Activation : int32_t { kReLU6 = 0, kReLU = 1, kNone = 2 };
 // Training forward: store z = conv(x) (float32, in the workspace) in the
 // statistics pass and apply BN to it, instead of recomputing the convolution
 // in the apply pass; the results are the same bits either way. kAuto: by K
-// (stores_z). The backward always recomputes z.
+// (stores_z). The backward recomputes z unless the forward kept it (keeps_z).
 enum class StoreZ : int32_t { kAuto = -1, kRecompute = 0, kStore = 1 };
 
 // kAuto stores z from this merged kernel size up: the convolution's float32
@@ -40,9 +40,16 @@ struct OpShape {
   Activation activation;
   float eps;
   StoreZ store_z = StoreZ::kAuto;
+  // Training only: the forward writes z (y's shape and layout, z_dtype) to
+  // ForwardArgs::z, which the caller keeps, and the backward reads it from
+  // BackwardArgs::z instead of recomputing the convolution in B1 and B3. With
+  // a float32 z the results are the same bits as recomputing it.
+  bool keeps_z = false;
+  DType z_dtype = DType::kFloat32;
 };
 
-// Whether the forward of `s` stores z (only a training forward has two passes to share it).
+// Whether the forward of `s` stores z (only a training forward has two passes
+// to share it): always when it keeps z, else by store_z.
 bool stores_z(const OpShape& s);
 
 struct ForwardArgs {
@@ -57,6 +64,7 @@ struct ForwardArgs {
   void* y;               // x's shape at the output size, x's dtype and layout
   float* save_mean;      // training only: batch mean (C,)
   float* save_var;       // training only: biased batch variance (C,)
+  void* z = nullptr;     // keeps_z: z is written here (y's shape and layout, z_dtype)
 };
 
 struct BackwardArgs {
@@ -71,6 +79,7 @@ struct BackwardArgs {
   float* dweight;        // (C, K, K)
   float* dgamma;         // (C,)
   float* dbeta;          // (C,)
+  const void* z = nullptr;  // keeps_z: the forward's z, read instead of recomputed
 };
 
 // Upper bound of the shapes the kernels take: a message when `s` is not
@@ -78,7 +87,7 @@ struct BackwardArgs {
 const char* unsupported_reason(const OpShape& s);
 
 // Bytes of scratch memory each launch needs (16-byte aligned, uninitialised is fine);
-// the forward's includes z when stores_z(s).
+// the forward's includes z when stores_z(s) and not keeps_z.
 size_t forward_workspace_bytes(const OpShape& s, int num_sms);
 size_t backward_workspace_bytes(const OpShape& s, int num_sms);
 

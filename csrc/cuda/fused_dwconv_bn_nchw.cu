@@ -35,6 +35,9 @@
 //                          instead of two, the same bits.
 //   forward, eval       F3 alone with the given statistics (BN folded into a
 //                          per-channel scale and shift after the conv).
+//   kept z              (keeps_z) F1 writes z to the caller's tensor, which the
+//                          backward reads: B1 [z, dy] without x or a conv, B3
+//                          reads z [z, x, dy, dx] instead of recomputing it.
 //   backward            B1 (kGradStats) [x, dy]: z, u, du = dy * act'(u) ->
 //                          partial sums of du and du * (z - mean) per [c][slot];
 //                       B3 [x, dy, dx]: prologue reduces those (dbeta, dgamma);
@@ -111,9 +114,11 @@ struct PlanarArgs {
   int stage_off, dy_stage_off;  // whole planes: raw staging of x and dy runs
   int in_slots;  // partials the prologue reduces
   int stream_stores;  // out is larger than L2: streaming stores
-  int store_z;        // kStats: also writes z to out (stores_z), as float32
-  int out_dtype;      // of out: dtype, or float32 for z
+  int store_z;        // kStats: also writes z to out (stores_z), as stored_z_dtype
+  int out_dtype;      // of out: dtype, or z's
+  int z_dtype;        // of z
   const void* x;
+  const void* z;      // B1 and B3: the kept z, read instead of recomputed (nullptr: recompute)
   const void* dy;
   void* out;
   const float* weight;
@@ -420,36 +425,40 @@ __device__ void block_setup(const PlanarArgs& a, float* smem, int c0, int Gv, bo
 // Whole planes: starts the asynchronous copy of item n's runs of x (and dy)
 // into the staging buffers. Returns false, starting nothing, when a run is
 // not 16-byte aligned (fill_item then loads it directly).
-__device__ __forceinline__ bool stage_item(const PlanarArgs& a, float* smem, int n, int c0, int Gv, bool with_dy) {
+__device__ __forceinline__ bool stage_item(const PlanarArgs& a, float* smem, int n, int c0, int Gv, bool with_x,
+                                           bool with_dy) {
   const int es = a.dtype == static_cast<int>(DType::kFloat32) ? 4 : 2;
   const int64_t p0 = static_cast<int64_t>(n) * a.C + c0;
-  const char* xr = static_cast<const char*>(a.x) + p0 * a.H * a.W * es;
+  const char* xr = with_x ? static_cast<const char*>(a.x) + p0 * a.H * a.W * es : nullptr;
   const char* dyr = with_dy ? static_cast<const char*>(a.dy) + p0 * a.Ho * a.Wo * es : nullptr;
   if (reinterpret_cast<uintptr_t>(xr) % 16 != 0 || reinterpret_cast<uintptr_t>(dyr) % 16 != 0) return false;
-  stage_run(xr, Gv * a.H * a.W * es, smem + a.stage_off);
+  if (with_x) stage_run(xr, Gv * a.H * a.W * es, smem + a.stage_off);
   if (with_dy) stage_run(dyr, Gv * a.Ho * a.Wo * es, smem + a.dy_stage_off);
   return true;
 }
 
-// Fills the x tile (and dy over the compute region, when `with_dy`) of item
-// (n, oh0, ow0), channels c0 .. c0+Gv-1: from the staging buffers when the
-// item was staged, else from global memory.
+// Fills the x tile (when `with_x`; B1 over a kept z needs none) and dy over
+// the compute region (when `with_dy`) of item (n, oh0, ow0), channels c0 ..
+// c0+Gv-1: from the staging buffers when the item was staged, else from
+// global memory.
 template <class C>
 __device__ __forceinline__ void fill_item(const PlanarArgs& a, float* smem, int n, int oh0, int ow0, int c0, int Gv,
-                                          bool with_dy, bool staged) {
+                                          bool with_x, bool with_dy, bool staged) {
   const uint16_t* table = reinterpret_cast<const uint16_t*>(smem + a.table_off);
   const int64_t p0 = static_cast<int64_t>(n) * a.C + c0;
   if (staged) {
-    unpack_run(a.dtype, smem + a.stage_off, Gv * a.H * a.W, smem, table);
+    if (with_x) unpack_run(a.dtype, smem + a.stage_off, Gv * a.H * a.W, smem, table);
     if (with_dy) unpack_run(a.dtype, smem + a.dy_stage_off, Gv * a.Ho * a.Wo, smem + a.dy_off, nullptr);
   } else if (a.whole) {
-    load_run(a.dtype, a.x, p0 * a.H * a.W, Gv * a.H * a.W, smem, table);
+    if (with_x) load_run(a.dtype, a.x, p0 * a.H * a.W, Gv * a.H * a.W, smem, table);
     if (with_dy) load_run(a.dtype, a.dy, p0 * a.Ho * a.Wo, Gv * a.Ho * a.Wo, smem + a.dy_off, nullptr);
   } else {
     const int r0 = oh0 + a.reg_r0, q0 = ow0 + a.reg_c0;
-    load_box(a.dtype, a.x,
-             {p0, Gv, a.H, a.W, C::S * r0 - C::P, C::S * q0 - C::P, a.box_rows, a.box_cols, a.xs_pitch, a.xs_plane},
-             smem);
+    if (with_x) {
+      load_box(a.dtype, a.x,
+               {p0, Gv, a.H, a.W, C::S * r0 - C::P, C::S * q0 - C::P, a.box_rows, a.box_cols, a.xs_pitch, a.xs_plane},
+               smem);
+    }
     if (with_dy) {
       load_box(a.dtype, a.dy,
                {p0, Gv, a.Ho, a.Wo, r0, q0, a.reg_rows, a.reg_cols, a.reg_cols, a.reg_rows * a.reg_cols},
@@ -469,6 +478,30 @@ __device__ __forceinline__ void store_item(const PlanarArgs& a, const float* out
               {p0, Gv, Himg, Wimg, scale * oh0, scale * ow0, a.io_rows, a.io_cols, a.io_cols, a.io_rows * a.io_cols},
               outs, a.stream_stores != 0);
   }
+}
+
+// z[i][v] at output (orow + i, ocol + v) of plane p (n * C + c) from the kept
+// z, 0 outside the image: what conv_micro would compute there, read instead.
+template <class C>
+__device__ __forceinline__ void load_z_micro(const PlanarArgs& a, int64_t p, int orow, int ocol,
+                                             float (&z)[C::R][C::V]) {
+  const bool bf16 = is_bf16(a.z_dtype);
+  with_width(a.z_dtype, [&](auto tag) {
+    using Raw = decltype(tag);
+    const Raw* zp = static_cast<const Raw*>(a.z) + p * a.Ho * a.Wo;
+#pragma unroll
+    for (int i = 0; i < C::R; ++i) {
+      const int row = orow + i;
+#pragma unroll
+      for (int v = 0; v < C::V; ++v) {
+        const int col = ocol + v;
+        z[i][v] = (static_cast<unsigned>(row) < static_cast<unsigned>(a.Ho) &&
+                   static_cast<unsigned>(col) < static_cast<unsigned>(a.Wo))
+                      ? decode(__ldg(zp + static_cast<int64_t>(row) * a.Wo + col), bf16)
+                      : 0.f;
+      }
+    }
+  });
 }
 
 // Item k of this block's slot (walked backwards with a.reverse).
@@ -545,15 +578,17 @@ __global__ void __maxnreg__(kPlanarRegs) planar_forward_kernel(const PlanarArgs 
   const int nmt = a.nrb * a.ncq;
   const int count = item_count(a, slot);
   const bool with_dy = mode == kGradStats;
-  bool staged = a.whole && stage_item(a, smem, item_at(a, slot, 0, count).n, c0, Gv, with_dy);
+  const bool z_kept = with_dy && a.z != nullptr;  // B1 reads z: no x, no convolution
+  bool staged = a.whole && stage_item(a, smem, item_at(a, slot, 0, count).n, c0, Gv, !z_kept, with_dy);
   for (int k = 0; k < count; ++k) {
     const Item item = item_at(a, slot, k, count);
     if (staged) cp_async_wait_all();
     __syncthreads();
-    fill_item<C>(a, smem, item.n, item.oh0, item.ow0, c0, Gv, with_dy, staged);
+    fill_item<C>(a, smem, item.n, item.oh0, item.ow0, c0, Gv, !z_kept, with_dy, staged);
     __syncthreads();
     // The next item's copy overlaps this one's compute (the staging buffers are free again).
-    staged = a.whole && k + 1 < count && stage_item(a, smem, item_at(a, slot, k + 1, count).n, c0, Gv, with_dy);
+    staged = a.whole && k + 1 < count &&
+             stage_item(a, smem, item_at(a, slot, k + 1, count).n, c0, Gv, !z_kept, with_dy);
     if (active) {
       // Per item, so register weights are not live while the next item loads (they stay in L1).
       Weights<K, C::kRegWeights> wt;
@@ -564,7 +599,11 @@ __global__ void __maxnreg__(kPlanarRegs) planar_forward_kernel(const PlanarArgs 
       for (int m = l; m < nmt; m += a.TPP, tw.next()) {
         const int r0 = R * tw.rb, q0 = V * tw.cq;  // in the tile
         float z[R][V];
-        conv_micro<C, 0, false>(smem + g * a.xs_plane + C::S * r0 * a.xs_pitch + C::S * q0, a.xs_pitch, wt, z);
+        if (z_kept) {
+          load_z_micro<C>(a, static_cast<int64_t>(item.n) * a.C + c, item.oh0 + r0, item.ow0 + q0, z);
+        } else {
+          conv_micro<C, 0, false>(smem + g * a.xs_plane + C::S * r0 * a.xs_pitch + C::S * q0, a.xs_pitch, wt, z);
+        }
         // Row by row, all V columns at once when the micro-tile is not cut by the tile's edge.
         const int nc = min(V, cols - q0);
         float* iot = iog + r0 * a.TW + q0;
@@ -680,15 +719,15 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
 
   const int nmt = a.nrb * a.ncq, nmt_dx = a.nrb_dx * a.ncq_dx;
   const int count = item_count(a, slot);
-  bool staged = a.whole && stage_item(a, smem, item_at(a, slot, 0, count).n, c0, Gv, true);
+  bool staged = a.whole && stage_item(a, smem, item_at(a, slot, 0, count).n, c0, Gv, true, true);
   for (int k = 0; k < count; ++k) {
     const Item item = item_at(a, slot, k, count);
     const int oh0 = item.oh0, ow0 = item.ow0;
     if (staged) cp_async_wait_all();
     __syncthreads();
-    fill_item<C>(a, smem, item.n, oh0, ow0, c0, Gv, true, staged);
+    fill_item<C>(a, smem, item.n, oh0, ow0, c0, Gv, true, true, staged);
     __syncthreads();
-    staged = a.whole && k + 1 < count && stage_item(a, smem, item_at(a, slot, k + 1, count).n, c0, Gv, true);
+    staged = a.whole && k + 1 < count && stage_item(a, smem, item_at(a, slot, k + 1, count).n, c0, Gv, true, true);
     Weights<K, C::kRegWeights> wt;  // per item: not live while the next item loads
     if (active) wt.init(a.weight + static_cast<int64_t>(c) * K * K, smem + a.ws_off + g * a.ws_plane);
 
@@ -702,7 +741,11 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
         const int orow = oh0 + a.reg_r0 + r0, ocol = ow0 + a.reg_c0 + q0;
         float dz[R][V];  // z, then dz in place
         if (orow < a.Ho && orow + R > 0 && ocol < a.Wo && ocol + V > 0) {
-          conv_micro<C, 0, false>(smem + g * a.xs_plane + C::S * r0 * a.xs_pitch + C::S * q0, a.xs_pitch, wt, dz);
+          if (a.z != nullptr) {
+            load_z_micro<C>(a, static_cast<int64_t>(item.n) * a.C + c, orow, ocol, dz);
+          } else {
+            conv_micro<C, 0, false>(smem + g * a.xs_plane + C::S * r0 * a.xs_pitch + C::S * q0, a.xs_pitch, wt, dz);
+          }
           const float cA = q[0], ck = q[1], mdu = q[2], mean = q[5];  // read here: not live across the conv
           const BnCoef bc{q[3], q[4]};
 #pragma unroll
@@ -1041,13 +1084,13 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
   cudaError_t err = allow_smem(kernel, plan.smem);
   if (err != cudaSuccess) return err;
   if (s.training) {
-    float* z = workspace + part_floats + coef_floats;
+    void* z = stored_z_at(s, fa, workspace + part_floats + coef_floats);
     a.part = workspace;
     a.reverse = 0;
     a.store_z = store_z ? 1 : 0;
     if (store_z) {
       a.out = z;
-      a.out_dtype = static_cast<int>(DType::kFloat32);
+      a.out_dtype = static_cast<int>(stored_z_dtype(s));
     }
     planar_forward_kernel<K, S><<<plan.blocks, plan.threads, plan.smem, stream>>>(a, kStats);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -1084,6 +1127,8 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
   for (PlanarArgs* a : {&p1.a, &p3.a}) {
     a->stream_stores = stream_stores ? 1 : 0;
     a->x = ba.x;
+    a->z = s.keeps_z ? ba.z : nullptr;
+    a->z_dtype = static_cast<int>(s.z_dtype);
     a->dy = ba.dy;
     a->out = ba.dx;
     a->weight = ba.weight;

@@ -24,7 +24,7 @@
 // Because B3 recomputes z on the halo, its planner picks, among tiles that
 // fit the whole shared-memory budget, the one with the least work per output,
 // with 16 or 32 channels and 128 to 256 threads sized from the halo region.
-// Stored z and streaming stores: as in the NCHW file.
+// Stored and kept z and streaming stores: as in the NCHW file.
 #include <algorithm>
 #include <utility>
 
@@ -69,9 +69,11 @@ struct NhwcArgs {
   int dz_off, ws_off, coef_off, dw_off, red_off;
   int in_slots;
   int stream_stores;  // out is larger than L2: streaming stores
-  int store_z;        // kStats: also writes z to out (stores_z), as float32
-  int out_dtype;      // of out: dtype, or float32 for z
+  int store_z;        // kStats: also writes z to out (stores_z), as stored_z_dtype
+  int out_dtype;      // of out: dtype, or z's
+  int z_dtype;        // of z
   const void* x;
+  const void* z;      // B1 and B3: the kept z, read instead of recomputed (nullptr: recompute)
   const void* dy;
   void* out;
   const float* weight;
@@ -330,9 +332,10 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_forward_kernel(const Nh
 
   const int ncq = (a.TW + V - 1) / V, nmt = a.TH * ncq;
   const int count = item_count(a, slot);
+  const bool z_kept = mode == kGradStats && a.z != nullptr;  // B1 reads z: no x, no convolution
   for (int k = 0; k < count; ++k) {
     const Item it = item_at(a, slot, k, count);
-    load_x_box<C>(a, smem, it, c0);
+    if (!z_kept) load_x_box<C>(a, smem, it, c0);
     __syncthreads();
     if (active) {
       const int rows = min(a.TH, a.Ho - it.oh0), cols = min(a.TW, a.Wo - it.ow0);
@@ -341,9 +344,16 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_forward_kernel(const Nh
         if (r >= rows || q0 >= cols) continue;
         const int nv = min(V, cols - q0);
         float4 z[V];
-        conv_quad<C, false>(smem + (C::S * r * a.xs_cols + C::S * q0) * a.PP + 4 * q, a.xs_cols * a.PP, a.PP,
-                            smem + a.ws_off + 4 * q, a.CB, z);
         const int64_t pix = (static_cast<int64_t>(it.n) * a.Ho + it.oh0 + r) * a.Wo + it.ow0 + q0;
+        if (z_kept) {
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            z[v] = v < nv ? load_quad(a.z_dtype, a.z, (pix + v) * a.C + c, nch, a.vec != 0) : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+        } else {
+          conv_quad<C, false>(smem + (C::S * r * a.xs_cols + C::S * q0) * a.PP + 4 * q, a.xs_cols * a.PP, a.PP,
+                              smem + a.ws_off + 4 * q, a.CB, z);
+        }
         if (mode == kStats) {
 #pragma unroll
           for (int v = 0; v < V; ++v) {
@@ -479,8 +489,19 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
         if (a.whole && !(row_ok && col0 < a.Wo && col0 + V > 0)) continue;  // halo: zero since set-up
         float4 dz[V];
         if (row_ok) {
-          conv_quad<C, false>(smem + (C::S * r * a.xs_cols + C::S * q0) * a.PP + 4 * q, xrow, a.PP,
-                              smem + a.ws_off + 4 * q, a.CB, dz);
+          if (a.z != nullptr) {
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+              const int col = col0 + v;
+              dz[v] = col >= 0 && col < a.Wo
+                          ? load_quad(a.z_dtype, a.z, ((static_cast<int64_t>(it.n) * a.Ho + row) * a.Wo + col) * a.C + c,
+                                      nch, a.vec != 0)
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+          } else {
+            conv_quad<C, false>(smem + (C::S * r * a.xs_cols + C::S * q0) * a.PP + 4 * q, xrow, a.PP,
+                                smem + a.ws_off + 4 * q, a.CB, dz);
+          }
           const float4 cA = lds4(coef + 4 * q), ck = lds4(coef + a.CB + 4 * q), mdu = lds4(coef + 2 * a.CB + 4 * q);
           const float4 sc = lds4(coef + 3 * a.CB + 4 * q), sh = lds4(coef + 4 * a.CB + 4 * q);
           const float4 mu = lds4(coef + 5 * a.CB + 4 * q);
@@ -774,21 +795,22 @@ NhwcPlan make_plan(const OpShape& s, bool backward, int num_sms, const void* ker
   return plan;
 }
 
-// Channel quads move as 4-element vectors when C is a multiple of 4 and every pointer allows it.
-bool quads_aligned(const OpShape& s, std::initializer_list<const void*> ptrs) {
-  const size_t bytes = 4 * (s.dtype == DType::kFloat32 ? 4 : 2);
+// Channel quads move as 4-element vectors when C is a multiple of 4 and every
+// pointer allows it: those of x's dtype, and a kept z (nullptr: none) of its own.
+bool quads_aligned(const OpShape& s, std::initializer_list<const void*> ptrs, const void* z) {
+  const size_t bytes = 4 * dtype_bytes(s.dtype);
   if (s.C % 4 != 0) return false;
   for (const void* p : ptrs) {
     if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
   }
-  return true;
+  return reinterpret_cast<uintptr_t>(z) % (4 * dtype_bytes(s.z_dtype)) == 0;
 }
 
 template <int K, int S>
 cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspace, int num_sms, bool stream_stores,
                          cudaStream_t stream, size_t* ws_floats) {
   const void* kernel = reinterpret_cast<const void*>(&nhwc_forward_kernel<K, S>);
-  NhwcPlan plan = make_plan<K, S>(s, false, num_sms, kernel, quads_aligned(s, {fa.x, fa.y}));
+  NhwcPlan plan = make_plan<K, S>(s, false, num_sms, kernel, quads_aligned(s, {fa.x, fa.y}, s.keeps_z ? fa.z : nullptr));
   if (!plan.ok) return cudaErrorInvalidValue;
   NhwcArgs& a = plan.a;
   // Workspace: moments partials, then (stored z) the BN coefficients and z.
@@ -799,7 +821,7 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
     *ws_floats = part_floats + (store_z ? coef_floats + stored_z_floats(s) : 0);
     return cudaSuccess;
   }
-  float* z = store_z ? workspace + part_floats + coef_floats : nullptr;
+  void* z = store_z ? stored_z_at(s, fa, workspace + part_floats + coef_floats) : nullptr;
   a.stream_stores = stream_stores ? 1 : 0;
   a.x = fa.x;
   a.out = fa.y;
@@ -819,7 +841,7 @@ cudaError_t forward_impl(const OpShape& s, const ForwardArgs& fa, float* workspa
     a.store_z = store_z ? 1 : 0;
     if (store_z) {
       a.out = z;
-      a.out_dtype = static_cast<int>(DType::kFloat32);
+      a.out_dtype = static_cast<int>(stored_z_dtype(s));
     }
     nhwc_forward_kernel<K, S><<<plan.blocks, plan.threads, plan.smem, stream>>>(a, kStats);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -840,7 +862,8 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
                           cudaStream_t stream, size_t* ws_floats, int out_k) {
   const void* fwd_kernel = reinterpret_cast<const void*>(&nhwc_forward_kernel<K, S>);
   const void* bwd_kernel = reinterpret_cast<const void*>(&nhwc_backward_kernel<K, S>);
-  const bool vec = quads_aligned(s, {ba.x, ba.dy, ba.dx});
+  const void* z = s.keeps_z ? ba.z : nullptr;
+  const bool vec = quads_aligned(s, {ba.x, ba.dy, ba.dx}, z);
   NhwcPlan p1 = make_plan<K, S>(s, false, num_sms, fwd_kernel, vec);
   NhwcPlan p3 = make_plan<K, S>(s, true, num_sms, bwd_kernel, vec);
   if (!p1.ok || !p3.ok) return cudaErrorInvalidValue;
@@ -856,6 +879,8 @@ cudaError_t backward_impl(const OpShape& s, const BackwardArgs& ba, float* works
   for (NhwcArgs* a : {&p1.a, &p3.a}) {
     a->stream_stores = stream_stores ? 1 : 0;
     a->x = ba.x;
+    a->z = z;
+    a->z_dtype = static_cast<int>(s.z_dtype);
     a->dy = ba.dy;
     a->out = ba.dx;
     a->weight = ba.weight;

@@ -5,9 +5,10 @@
 // or by nvcc for a GPU (benchmarks/gpu_check.sh; repeated runs).
 //
 // Case: N C H W K stride dtype(f32|f16|bf16) layout(nchw|nhwc) mode(train|eval)
-//       act(relu6|relu|none) runs offset sms [l2=BYTES] [store_z=auto|0|1]
+//       act(relu6|relu|none) runs offset sms [l2=BYTES] [store_z=auto|0|1] [keep_z=f32|x]
 //       (offset: added to x; sms 0: the device's; l2: the L2 size the kernels
-//       are told, else the device's (the simulator: sim::Config's); store_z: OpShape::store_z)
+//       are told, else the device's (the simulator: sim::Config's); store_z: OpShape::store_z;
+//       keep_z: the forward keeps z for the backward (OpShape::keeps_z), as float32 or in x's dtype)
 // Result: ok <case> y=E mean=E var=E dx=E dw=E dgamma=E dbeta=E identical=0|1 digest=HEX
 //         launches=name/blocks/threads/smem/resident/streaming_stores;...   (simulator only)
 // or:     error <case> <why>
@@ -48,6 +49,8 @@ struct Case {
   int sms;
   long long l2 = -1;  // -1: the device's
   ck::StoreZ store_z = ck::StoreZ::kAuto;
+  bool keeps_z = false;
+  ck::DType z_dtype = ck::DType::kFloat32;
 };
 
 bool parse(const std::string& line, Case* c, std::string* why) {
@@ -69,8 +72,11 @@ bool parse(const std::string& line, Case* c, std::string* why) {
       c->l2 = std::stoll(opt.substr(3));
     } else if (opt == "store_z=auto" || opt == "store_z=0" || opt == "store_z=1") {
       c->store_z = opt == "store_z=auto" ? ck::StoreZ::kAuto : opt == "store_z=1" ? ck::StoreZ::kStore : ck::StoreZ::kRecompute;
+    } else if (opt == "keep_z=f32" || opt == "keep_z=x") {
+      c->keeps_z = true;
+      c->z_dtype = opt == "keep_z=f32" ? ck::DType::kFloat32 : c->dtype;
     } else {
-      return *why = "unknown option " + opt + " (l2=BYTES, store_z=auto|0|1)", false;
+      return *why = "unknown option " + opt + " (l2=BYTES, store_z=auto|0|1, keep_z=f32|x)", false;
     }
   }
   return true;
@@ -171,7 +177,8 @@ std::string run_case(const Case& c) {
   const long N = c.N, C = c.C, H = c.H, W = c.W, K = c.K, S = c.stride, P = K / 2;
   const long Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
   const float eps = 1e-5f;
-  const ck::OpShape shape{N, C, H, W, c.K, c.stride, c.dtype, c.channels_last, c.training, c.act, eps, c.store_z};
+  const ck::OpShape shape{N,         C,          H,         W,   c.K,       c.stride, c.dtype,
+                          c.channels_last, c.training, c.act, eps, c.store_z, c.keeps_z, c.z_dtype};
   if (const char* why = ck::unsupported_reason(shape)) return std::string("unsupported: ") + why;
   auto in_at = [&](long n, long ch, long h, long w) {
     return static_cast<size_t>(c.channels_last ? ((n * H + h) * W + w) * C + ch : ((n * C + ch) * H + h) * W + w);
@@ -289,7 +296,8 @@ std::string run_case(const Case& c) {
   const size_t fws = ck::forward_workspace_bytes(shape, sms), bws = ck::backward_workspace_bytes(shape, sms);
   Device dx_in(x.bytes.size()), ddy(dy.bytes.size()), dw(wt.size() * 4), dg(C * 4), db(C * 4), drm(C * 4),
       drv(C * 4), dyo(dy.bytes.size()), dsm(C * 4), dsv(C * 4), ddx(x.bytes.size()), ddw(C * c.K * c.K * 4),
-      ddg(C * 4), ddb(C * 4), fwork(fws), bwork(bws);
+      ddg(C * 4), ddb(C * 4), fwork(fws), bwork(bws),
+      zkept(c.keeps_z ? N * C * Ho * Wo * (c.z_dtype == ck::DType::kFloat32 ? 4 : 2) : 0);
   dx_in.upload(x.bytes.data());
   ddy.upload(dy.bytes.data());
   dw.upload(wt.data());
@@ -308,7 +316,7 @@ std::string run_case(const Case& c) {
     cfg.seed = 1 + 7919 * static_cast<uint64_t>(run);
     sim::configure(cfg);
 #endif
-    for (const Device* d : {&dyo, &ddx, &ddw, &ddg, &ddb, &fwork, &bwork}) d->poison();
+    for (const Device* d : {&dyo, &ddx, &ddw, &ddg, &ddb, &fwork, &bwork, &zkept}) d->poison();
     // Eval: the kernels normalise with the given statistics, which the binding
     // passes as save_mean / save_var (copies of the running ones).
     if (c.training) {
@@ -318,10 +326,11 @@ std::string run_case(const Case& c) {
       dsm.upload(rmean.data());
       dsv.upload(rvar.data());
     }
-    const ck::ForwardArgs fa{dx_in.p, dw.f(), dg.f(), db.f(), drm.f(), drv.f(), dyo.p, dsm.f(), dsv.f()};
+    const ck::ForwardArgs fa{dx_in.p, dw.f(), dg.f(), db.f(), drm.f(), drv.f(), dyo.p, dsm.f(), dsv.f(), zkept.p};
     cudaError_t err = ck::forward(shape, fa, fwork.p, sms, l2, nullptr);
     if (err != cudaSuccess) return std::string("forward failed: ") + cudaGetErrorString(err);
-    const ck::BackwardArgs ba{ddy.p, dx_in.p, dw.f(), dg.f(), db.f(), dsm.f(), dsv.f(), ddx.p, ddw.f(), ddg.f(), ddb.f()};
+    const ck::BackwardArgs ba{ddy.p, dx_in.p, dw.f(), dg.f(), db.f(), dsm.f(), dsv.f(),
+                              ddx.p, ddw.f(), ddg.f(), ddb.f(), zkept.p};
     err = ck::backward(shape, ba, bwork.p, sms, l2, nullptr);
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) return std::string("backward failed: ") + cudaGetErrorString(err);

@@ -13,6 +13,13 @@ float32. In training save_mean/save_var are the batch mean and biased variance;
 in eval they are copies of the running statistics. Backward recomputes z from x,
 so only x and two per-channel vectors are kept between the passes.
 
+The `cuda` backend also has a pair that keeps z = conv(x) (float32, y's shape
+and memory format) for the backward instead, for large K in training, where
+recomputing the convolution costs more than storing it:
+
+    forward_z(same arguments) -> (y, save_mean, save_var, z)
+    backward_z(dy, x, z, weight, ...as backward) -> (dx, dweight, dbn_weight, dbn_bias)
+
 The ops are functional (PyTorch only takes autograd formulas for those), so the
 running-statistics update happens in `run_compiled` from save_mean/save_var:
 two per-channel lerps of C elements each.
@@ -34,6 +41,8 @@ BACKWARD_SCHEMA = (
     "(Tensor dy, Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, Tensor save_mean, Tensor save_var, "
     "int stride, bool training, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)"
 )
+FORWARD_Z_SCHEMA = FORWARD_SCHEMA.replace("-> (Tensor, Tensor, Tensor)", "-> (Tensor, Tensor, Tensor, Tensor)")
+BACKWARD_Z_SCHEMA = BACKWARD_SCHEMA.replace("Tensor dy, Tensor x,", "Tensor dy, Tensor x, Tensor z,")
 
 
 def _fake_forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training, eps, activation):
@@ -43,29 +52,43 @@ def _fake_forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stri
     return y, bn_weight.new_empty((C,)), bn_weight.new_empty((C,))
 
 
+def _fake_forward_z(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, training, eps, activation):
+    y, save_mean, save_var = _fake_forward(x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
+                                           training, eps, activation)
+    return y, save_mean, save_var, torch.empty_like(y, dtype=torch.float32)
+
+
 def _fake_backward(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, stride, training, eps, activation):
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     return dx, torch.empty_like(weight), torch.empty_like(bn_weight), torch.empty_like(bn_bias)
 
 
-def register(forward_name: str, backward_name: str) -> None:
-    """Attach fake kernels (torch.compile, opcheck) and the autograd formula to a backend's two ops."""
-    torch.library.register_fake(forward_name)(_fake_forward)
-    torch.library.register_fake(backward_name)(_fake_backward)
+def _fake_backward_z(dy, x, z, *rest):
+    return _fake_backward(dy, x, *rest)
+
+
+def register(forward_name: str, backward_name: str, keeps_z: bool = False) -> None:
+    """Attach fake kernels (torch.compile, opcheck) and the autograd formula to a backend's two ops.
+
+    keeps_z: the ops are a z-keeping pair (FORWARD_Z_SCHEMA, BACKWARD_Z_SCHEMA): z is saved for the backward
+    beside x and handed to it.
+    """
+    torch.library.register_fake(forward_name)(_fake_forward_z if keeps_z else _fake_forward)
+    torch.library.register_fake(backward_name)(_fake_backward_z if keeps_z else _fake_backward)
     namespace, name = backward_name.split("::")
     backward_op = getattr(getattr(torch.ops, namespace), name).default
 
     def setup_context(ctx, inputs, output):
         x, weight, bn_weight, bn_bias, _, _, stride, training, eps, activation = inputs
-        _, save_mean, save_var = output
-        ctx.mark_non_differentiable(save_mean, save_var)
-        ctx.save_for_backward(x, weight, bn_weight, bn_bias, save_mean, save_var)
+        _, save_mean, save_var, *z = output
+        ctx.mark_non_differentiable(save_mean, save_var, *z)
+        ctx.save_for_backward(x, *z, weight, bn_weight, bn_bias, save_mean, save_var)
         ctx.args = (stride, training, eps, activation)
 
-    def backward(ctx, dy, _dmean, _dvar):
-        x, weight, bn_weight, bn_bias, save_mean, save_var = ctx.saved_tensors
+    def backward(ctx, dy, _dmean, _dvar, *_dz):
+        x, *kept = ctx.saved_tensors  # kept: (z,) + the rest with keeps_z
         dy = dy.contiguous(memory_format=output_memory_format(x))
-        dx, dweight, dgamma, dbeta = backward_op(dy, x, weight, bn_weight, bn_bias, save_mean, save_var, *ctx.args)
+        dx, dweight, dgamma, dbeta = backward_op(dy, x, *kept, *ctx.args)
         return dx, dweight, dgamma, dbeta, None, None, None, None, None, None
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
@@ -78,8 +101,9 @@ def run_compiled(forward_op: Callable, x: Tensor, weights, bn_weight, bn_bias, r
     K = max(w.shape[-1] for w in weights)
     weight = merge_kernels(weights, torch.float32).reshape(C, K, K)
     x = x.contiguous(memory_format=output_memory_format(x))
-    y, save_mean, save_var = forward_op(x, weight, bn_weight, bn_bias, running_mean, running_var,
-                                        stride, training, eps, activation)
+    # A z-keeping forward_op also returns z, which only its backward uses.
+    y, save_mean, save_var, *_ = forward_op(x, weight, bn_weight, bn_bias, running_mean, running_var,
+                                            stride, training, eps, activation)
     if training:
         count = x.shape[0] * y.shape[2] * y.shape[3]
         update_running_stats(running_mean, running_var, save_mean, save_var, count, momentum)
