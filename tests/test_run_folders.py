@@ -20,15 +20,9 @@ from mixpath.checkpoint import atomic_write, load_checkpoint
 from mixpath.cli.train import main
 from mixpath.outdir import OutputError, OutputFolder
 from mixpath.training import TrainConfig, TrainingError, _Run, train
+from tiny_runs import SMALL, SMALL_ARGS, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(max_paths=2, kernels=[3, 5], width_mult=0.5, batch_size=64, eval_archs=2, calib_batches=2)
-SMALL_ARGS = ["--max-paths", "2", "--kernels", "3,5", "--width-mult", "0.5", "--batch-size", "64",
-              "--eval-archs", "2", "--calib-batches", "2"]
-
-
-def quiet(_line):
-    pass
 
 
 @pytest.fixture(scope="module")

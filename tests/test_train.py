@@ -15,16 +15,9 @@ import torch
 from mixpath.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mixpath.cli.train import main
 from mixpath.training import ConfigError, TrainConfig, train
+from tiny_runs import SMALL, SMALL_ARGS, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
-# A small supernet so that an epoch of digits takes about a second.
-SMALL = dict(max_paths=2, kernels=[3, 5], width_mult=0.5, batch_size=64, eval_archs=2, calib_batches=2)
-SMALL_ARGS = ["--max-paths", "2", "--kernels", "3,5", "--width-mult", "0.5", "--batch-size", "64",
-              "--eval-archs", "2", "--calib-batches", "2"]
-
-
-def quiet(_line):
-    pass
 
 
 @pytest.fixture(scope="module")

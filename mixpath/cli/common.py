@@ -19,7 +19,8 @@ from ..data import DataError
 from ..outdir import OutputError, disk_full_message
 from ..space import Arch, ArchError
 
-__all__ = ["Parser", "UsageError", "guarded", "int_list", "add_arch_source", "read_arch", "add_run_options"]
+__all__ = ["Parser", "UsageError", "guarded", "int_list", "add_arch_source", "read_arch", "add_job_options",
+           "add_run_options"]
 
 
 class UsageError(ValueError):
@@ -126,6 +127,13 @@ def _read_json(path: Path, what: str):
         raise UsageError(f"{what} {path} does not exist") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"{what} {path} is not valid JSON ({e}); pass the file mixpath wrote") from None
+
+
+def add_job_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--resume / --force for a command whose outputs in --out can be continued or replaced."""
+    g = p.add_argument_group("the job")
+    g.add_argument("--resume", action="store_true", help=f"continue a {what} in DIR (nothing is scored twice)")
+    g.add_argument("--force", action="store_true", help=f"replace the {what} in DIR")
 
 
 def add_run_options(p: argparse.ArgumentParser, scoring: bool = True) -> None:

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import UsageError, add_run_options, guarded, open_run_from
+from .common import UsageError, add_job_options, add_run_options, guarded, open_run_from
 
 HELP = "search a trained supernet (NSGA-II or random) for accuracy/cost trade-offs"
 OUTPUTS = ("evaluated.jsonl", "front.json", "front.csv", "pareto.png", "search.json")
@@ -48,9 +48,7 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="batch size at which latency is measured (default 32)")
     g.add_argument("--space-file", metavar="FILE", help="search only inside the pockets of this shrunk space "
                    "(the space.json of `mixpath shrink` on the same run)")
-    g = p.add_argument_group("the job")
-    g.add_argument("--resume", action="store_true", help="continue a search in DIR (nothing is scored twice)")
-    g.add_argument("--force", action="store_true", help="replace the search in DIR")
+    add_job_options(p, "search")
     add_run_options(p)
     return p
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import UsageError, add_run_options, guarded, open_run_from
+from .common import UsageError, add_job_options, add_run_options, guarded, open_run_from
 
 HELP = "shrink a supernet's space to pockets of good architectures (LISSNAS locality)"
 OUTPUTS = ("evaluated.jsonl", "space.json", "shrink.json", "shrink.png")
@@ -56,9 +56,7 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
     g.add_argument("--reuse", metavar="FILE", help="take scores from this evaluated.jsonl of a `mixpath search` "
                    "of the same supernet and scoring batches")
-    g = p.add_argument_group("the job")
-    g.add_argument("--resume", action="store_true", help="continue a shrink in DIR (nothing is scored twice)")
-    g.add_argument("--force", action="store_true", help="replace the shrink in DIR")
+    add_job_options(p, "shrink")
     add_run_options(p)
     return p
 
