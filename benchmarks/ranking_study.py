@@ -1,7 +1,9 @@
 """`python -m benchmarks.ranking_study`: does MixPath work here? Shadow BN vs single BN, both layouts.
 
 One resumable command:
-1. trains four supernets on the same data, seed and budget: {Shadow BN, single BN} x {mixpath, official};
+1. trains four supernets on the same data, seed and budget: {Shadow BN, single BN} x {mixpath, official},
+   and a fifth, mixpath + Shadow BN with FairNAS-style strict-fairness sampling (`--sampling fair`) on the
+   same images (the same epochs: each step trains a fair group, so it costs the group's size in passes);
 2. retrains a seeded sample of architectures from scratch (stratified: in every layer each path count
    appears equally often), a subset of them with extra seeds, for the ground truth and its seed noise;
 3. ranks the sample with each supernet before and after BN recalibration (`mixpath rank`'s own function),
@@ -32,9 +34,10 @@ from tqdm import tqdm
 from mixpath.space import Arch, LayerChoice, SearchSpace
 
 HERE = Path(__file__).resolve().parent
-SUPERNETS = {  # name: (layout, shadow_bn)
-    "mixpath-shadow": ("mixpath", True), "mixpath-single": ("mixpath", False),
-    "official-shadow": ("official", True), "official-single": ("official", False),
+SUPERNETS = {  # name: (layout, shadow_bn, sampling)
+    "mixpath-shadow": ("mixpath", True, "uniform"), "mixpath-single": ("mixpath", False, "uniform"),
+    "official-shadow": ("official", True, "uniform"), "official-single": ("official", False, "uniform"),
+    "mixpath-shadow-fair": ("mixpath", True, "fair"),
 }
 # The default study: sized on a pilot (STUDY.md) to finish within an hour on the 2-core development CPU.
 DEFAULTS = dict(data="cluttered-digits", image_size=20, width_mult=0.5, kernels="3,5,7", max_paths=3,
@@ -96,8 +99,9 @@ def base_config(o: Namespace) -> dict:
 def plan_jobs(o: Namespace, space: SearchSpace) -> tuple[list[Job], list[Arch]]:
     base = base_config(o)
     jobs = [Job(name, o.out / "supernets" / name, {**base, "layout": layout, "shadow_bn": shadow,
-                                                  "epochs": o.supernet_epochs, "eval_archs": 1},
-                o.supernet_epochs, "supernet") for name, (layout, shadow) in SUPERNETS.items()]
+                                                  "sampling": sampling, "epochs": o.supernet_epochs,
+                                                  "eval_archs": 1},
+                o.supernet_epochs, "supernet") for name, (layout, shadow, sampling) in SUPERNETS.items()]
     archs = stratified_archs(space, o.archs, o.seed)
     for i, arch in enumerate(archs):
         seeds = [o.seed + s for s in range(o.seeds if i < o.seed_archs else 1)]
@@ -230,7 +234,7 @@ def main(argv=None) -> int:
     splits = load_splits(TrainConfig(**{k: v for k, v in config.items() if k in ("data", "data_dir", "image_size")}))
     space = build_space(TrainConfig(**config), splits)
     jobs, archs = plan_jobs(o, space)
-    print(f"{len(jobs)} trainings ({len(SUPERNETS)} supernets of {o.supernet_epochs} epochs, {len(jobs) - 4} "
+    print(f"{len(jobs)} trainings ({len(SUPERNETS)} supernets of {o.supernet_epochs} epochs, {len(jobs) - len(SUPERNETS)} "
           f"retrainings of {o.retrain_epochs}) in {o.out}, {o.workers} at a time", file=sys.stderr)
     run_jobs(jobs, o.workers, o.out / "logs")
     o.results.mkdir(parents=True, exist_ok=True)

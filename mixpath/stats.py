@@ -141,7 +141,7 @@ def plot_stats(reports: dict[str, dict], path) -> Path:
     """Cosine and norm ratio per layer, a line per j, dashed at initialisation; one row of panels per report."""
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend and global state alone
 
-    fig = Figure(figsize=(10, 3.2 * len(reports)))
+    fig = Figure(figsize=(12, 3.6 * len(reports)))
     axes = fig.subplots(len(reports), 2, squeeze=False)
     for (title, report), (ax_cos, ax_ratio) in zip(reports.items(), axes):
         for j in range(1, report["max_paths"] + 1):
@@ -155,13 +155,14 @@ def plot_stats(reports: dict[str, dict], path) -> Path:
                               label=f"j={j} {state}")
             ax_ratio.axhline(j, color=f"C{j - 1}", lw=0.6, alpha=0.5)
             ax_ratio.axhline(j ** 0.5, color=f"C{j - 1}", lw=0.6, ls=":", alpha=0.7)
-        ax_cos.set_title(f"{title}: cos(j-path sum, j x single path)", fontsize=9)
-        ax_ratio.set_title(f"{title}: |sum| / mean |single| (lines: j solid, sqrt j dotted)", fontsize=9)
+        ax_cos.set_title(f"{title}\ncos(j-path sum, j x single path)", fontsize=9)
+        ax_ratio.set_title(f"{title}\n|sum| / mean |single| (thin lines: j solid, sqrt j dotted)", fontsize=9)
         for ax in (ax_cos, ax_ratio):
             ax.set_xlabel("searchable layer")
+            ax.set_xticks(sorted({r["layer"] for r in report[STATES[0]]}))
             ax.grid(alpha=0.3)
         ax_cos.set_ylim(top=1.02)
-        ax_cos.legend(fontsize=7)
+        ax_cos.legend(fontsize=7, ncol=2, title="dashed: initial, solid: trained", title_fontsize=7)
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
