@@ -37,6 +37,11 @@ whatever x's dtype: dW = sum dz * x cancels (exactly to zero for a single 1x1
 path, by BatchNorm's scale invariance), so dz rounded to half precision would
 leave dW dominated by that rounding; it also keeps dx to one rounding.
 
+NaN and infinity in x give what the `reference` backend gives, element for element:
+act keeps NaN, act' at NaN is PyTorch's (0 for relu6, 1 for relu), eval-mode dz
+is du * scale alone (no 0 * NaN from z - mean), and a dW product whose output
+position lies in the padding is masked out rather than taken as 0 * x.
+
 Saved for backward: x and two float32 vectors per channel (batch mean and
 biased variance); z is recomputed. The `reference` backend (one conv per path,
 their sum, F.batch_norm, activation) keeps the BN input z and, for relu6, the
@@ -211,20 +216,24 @@ def _cast_for(v, ptr):
 
 @triton.jit
 def _act(u, ACT: tl.constexpr):
+    """act(u), NaN kept as PyTorch does (Triton's default min/max return the other operand)."""
     if ACT == 2:
-        u = tl.minimum(tl.maximum(u, 0.0), 6.0)
+        u = tl.minimum(tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 1:
-        u = tl.maximum(u, 0.0)
+        u = tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return u
 
 
 @triton.jit
 def _act_grad(u, g, ACT: tl.constexpr):
-    """g * act'(u), with PyTorch's convention of a zero slope at the kinks."""
+    """g * act'(u) as PyTorch's CPU backward kernels give it: 0 at the kinks; at u = NaN
+    0 for relu6 (hardtanh_backward, vectorised: 0 < u < 6), 1 for relu (threshold_backward:
+    zero only where u <= 0)."""
     if ACT == 2:
         g = tl.where((u > 0.0) & (u < 6.0), g, 0.0)
     elif ACT == 1:
-        g = tl.where(u > 0.0, g, 0.0)
+        g = tl.where(u <= 0.0, 0.0, g)
     return g
 
 
@@ -509,7 +518,9 @@ def _dx_row(acc, dw, gp, wp, xv, pm, i, j, a, tcm, taps, ph: tl.constexpr, pw: t
             m = _tile_mask3(rm & ((jj >= 0) & (jj < WO)), tcm)
             g = tl.load(ga + (pw + PAD - b) // S * SYW, mask=m, other=0.0).to(tl.float32)
             acc += g * _load_channels(wa + b * SWT, tcm)[None, None, :]
-            dw += tl.where(taps == a * K + b, tl.sum(tl.sum(g * xv, axis=0), axis=0)[None, :], 0.0)
+            # masked: where the output lies in the padding there is no product, not 0 * x (NaN at x = inf)
+            gx = tl.where(m, g * xv, 0.0)
+            dw += tl.where(taps == a * K + b, tl.sum(tl.sum(gx, axis=0), axis=0)[None, :], 0.0)
     return acc, dw
 
 

@@ -4,12 +4,16 @@ One matrix for all backends; a backend not available on a device is skipped
 with the reason backend_status() gives. Triton on CPU runs in its slow
 interpreter, so it gets fewer random cases unless `-m slow` is asked for.
 """
+import itertools
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mixpath.ops import BACKEND_NAMES, available_backends, backend_status
 from mixpath.ops.registry import BACKENDS
-from mixpath.ops.testing import OpCase, assert_backend_matches, make_inputs, random_cases
+from mixpath.ops.testing import OpCase, assert_backend_matches, make_inputs, random_cases, run_case
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -105,3 +109,52 @@ def test_torch_compile_fullgraph(backend, device):
     compiled = grads(torch.compile(layer, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor"))
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# Where x holds NaN or infinity, every backend gives what reference gives, element for element:
+# each output's NaN and infinities in the same places, the finite rest close. In eval mode dz
+# is dy * act'(u) * scale alone, finite where dy is (reference's dx stays finite), act' at NaN
+# is PyTorch's (0 for relu6, 1 for relu) and act(NaN) is NaN. Infinity goes through one path
+# only: with several, reference sums inf * w_i of both signs to NaN where the merged kernel has
+# one finite tap. Output sizes are multiples of 32 elements, so PyTorch's vectorised kernels see
+# every element (its scalar tail of relu6's backward passes NaN where the vector body does not).
+# The corner position has taps whose output lies in the padding: no dW product there.
+NONFINITE_SHAPES = [
+    OpCase(2, 4, 8, 8, kernels=(3, 5)),                                      # cpp: blocked engine
+    OpCase(2, 3, 16, 20, kernels=(3,)),                                      # cpp: plane engine backward
+    OpCase(2, 20, 8, 8, kernels=(7,), channels_last=True),                   # two channel blocks
+    OpCase(2, 2, 16, 16, kernels=(5,), stride=2),
+]
+NONFINITE_POSITIONS = ((1, -1, 3, 4), (1, -1, 0, 0))  # the last channel: in the second block at C = 20
+
+
+def nonfinite_params():
+    """(case, value, position, interpreted) for every mode, activation and value on every shape and
+    position; `interpreted` marks one shape and position per (mode, activation, value), in turn,
+    the subset the Triton interpreter runs (all of them take it 1.5 minutes)."""
+    variants = list(itertools.product(NONFINITE_SHAPES, NONFINITE_POSITIONS))
+    params = []
+    triples = itertools.product((True, False), ("relu6", "relu", "none"), (math.nan, math.inf, -math.inf))
+    for t, (training, activation, value) in enumerate(triples):
+        for v, (shape, position) in enumerate(variants):
+            kernels = shape.kernels if math.isnan(value) else shape.kernels[-1:]
+            case = replace(shape, training=training, activation=activation, kernels=kernels)
+            params.append(pytest.param(case, value, position, v == t % len(variants),
+                                       id=f"{case}-{value}-x{'_'.join(map(str, position))}"))
+    return params
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy, in the interpreter
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("case, value, position, interpreted", nonfinite_params())
+def test_nonfinite_x_matches_reference(backend, device, case, value, position, interpreted):
+    require(backend, device)
+    if backend == "triton" and device == "cpu" and not interpreted:
+        pytest.skip("the Triton interpreter runs one shape and position per mode, activation and value")
+    inputs = make_inputs(case, device)
+    inputs["x"][position] = value
+    got = run_case(backend, inputs, case)
+    want = run_case("reference", inputs, case, poison=False)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4, equal_nan=True,
+                                   msg=lambda m, key=key: f"{key} on {case} with x{list(position)} = {value}: {m}")
