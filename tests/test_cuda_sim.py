@@ -209,3 +209,60 @@ def test_sanitizer_build():
     results = _run(binary, cases, timeout=1800)
     for case in cases:
         _check(results[case], case)
+
+
+# One NaN or infinity in x: y, the statistics and every gradient are NaN or
+# infinite exactly where PyTorch's are (harness.cpp: the float64 recomputation
+# propagates them as PyTorch does, relu's gradient at NaN is dy and relu6's 0),
+# and close elsewhere. Every layout x mode x activation x value x position;
+# K, stride and dtype cycle; then tiled planes and the stored-z paths.
+NONFINITE_VALUES = ("nan", "inf", "-inf")
+NONFINITE_POSITIONS = ("middle", "-1,-1,-1,-1", "-1,-1,0,0")  # corners of the last channel
+
+
+def _nonfinite_case(base: str, position: str, value: str) -> str:
+    N, C, H, W = map(int, base.split()[:4])
+    at = f"0,{C // 2},{H // 2},{W // 2}" if position == "middle" else position
+    return f"{base} x@{at}={value}"
+
+
+def _nonfinite_matrix():
+    cases = []
+    for i, (layout, mode, act, value, position) in enumerate(itertools.product(
+            ("nchw", "nhwc"), ("train", "eval"), ("relu6", "relu", "none"), NONFINITE_VALUES, NONFINITE_POSITIONS)):
+        K, stride = [(3, 1), (5, 2), (5, 1), (3, 2)][i % 4]
+        dtype, C = [("f32", 12), ("bf16", 10), ("f16", 12)][i % 3]
+        cases.append(_nonfinite_case(f"2 {C} 9 11 {K} {stride} {dtype} {layout} {mode} {act} 2 0 {SMS}", position, value))
+    return cases
+
+
+NONFINITE = _nonfinite_matrix() + [
+    _nonfinite_case(base, position, value) for base, value in [
+        (f"1 6 130 121 3 1 f32 nchw eval relu 2 0 {SMS}", "nan"), (f"1 6 127 133 7 2 bf16 nchw train relu6 2 0 {SMS}", "inf"),
+        (f"1 6 72 150 5 1 f32 nhwc eval relu6 2 0 {SMS}", "inf"), (f"1 6 97 99 9 2 f32 nhwc eval none 2 0 {SMS}", "nan"),
+        (f"2 12 9 11 7 2 f32 nchw train relu6 2 0 {SMS} store_z=1", "nan"),
+        (f"2 12 10 9 9 1 bf16 nhwc train relu 2 0 {SMS} store_z=1", "-inf"),
+        (f"2 12 9 11 7 2 f32 nchw train none 2 0 {SMS} keep_z=f32", "inf"),
+        (f"2 10 9 11 5 1 f32 nhwc train relu6 2 0 {SMS} keep_z=f32", "nan")]
+    for position in NONFINITE_POSITIONS[:2]]
+
+
+@pytest.fixture(scope="session")
+def nonfinite_results(harness):
+    return _run(harness, NONFINITE, timeout=300)
+
+
+@pytest.mark.parametrize("case", NONFINITE)
+def test_nonfinite_x_matches_pytorch(nonfinite_results, case):
+    r = nonfinite_results[case]
+    _check(r, case)  # a NaN or infinity where the recomputation has none, or the reverse, is an error of inf
+    fields = case.split()
+    N, C, H, W, K, S = map(int, fields[:6])
+    Ho, Wo = (H - 1) // S + 1, (W - 1) // S + 1
+    y, mean, var, dx, dw, dgamma, dbeta = map(int, r["nonfinite"].split("/"))
+    # dbeta sums du, finite at any u (relu6 gives 0 at NaN and inf, relu and none dy)
+    if fields[8] == "train":  # the batch statistics of x's channel, and with them all of that channel, are NaN
+        assert (y, mean, var, dx, dw, dgamma, dbeta) == (N * Ho * Wo, 1, 1, N * H * W, K * K, 1, 0), r["raw"]
+    else:  # the running statistics normalise: y over the windows on x's element, dW's taps on it, dgamma
+        assert (mean, var, dx, dgamma, dbeta) == (0, 0, 0, 1, 0) and 0 < dw <= K * K and y <= K * K, r["raw"]
+        assert y > 0 or "nan" not in case, r["raw"]  # NaN passes every activation; an infinity may become 0 or 6

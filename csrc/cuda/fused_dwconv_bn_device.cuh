@@ -101,17 +101,27 @@ __device__ __forceinline__ void store_out(T* p, const T& v, bool streaming) {
 
 // ------------------------------------------------------ activation and BN
 
+// Comparisons, not fminf/fmaxf: those return 0 or 6 at NaN, PyTorch keeps NaN.
 __device__ __forceinline__ float activate(float u, int act) {
-  if (act == static_cast<int>(Activation::kReLU6)) return fminf(fmaxf(u, 0.f), 6.f);
-  if (act == static_cast<int>(Activation::kReLU)) return fmaxf(u, 0.f);
+  if (act == static_cast<int>(Activation::kReLU6)) return u < 0.f ? 0.f : (u > 6.f ? 6.f : u);
+  if (act == static_cast<int>(Activation::kReLU)) return u < 0.f ? 0.f : u;
   return u;
 }
 
-// dL/du from dL/dy; the masks follow PyTorch's relu6 (0 < u < 6) and relu (u > 0).
+// dL/du from dL/dy, with PyTorch's masks, NaN included: relu6 passes dy where
+// 0 < u < 6 (not at NaN), relu where !(u <= 0) (at NaN too, as its
+// threshold_backward does).
 __device__ __forceinline__ float activate_grad(float u, float dy, int act) {
   if (act == static_cast<int>(Activation::kReLU6)) return (u > 0.f && u < 6.f) ? dy : 0.f;
-  if (act == static_cast<int>(Activation::kReLU)) return u > 0.f ? dy : 0.f;
+  if (act == static_cast<int>(Activation::kReLU)) return u <= 0.f ? 0.f : dy;
   return dy;
+}
+
+// dL/dz from dL/du: scale * ((du - mdu) - (z - mean) * k) in training (the
+// difference before the scaling, as in PyTorch); scale * du in eval, where z
+// must not enter: (mean - z) * 0 is NaN at an infinite or NaN z.
+__device__ __forceinline__ float bn_grad(float du, float z, float scale, float k, float mdu, float mean, bool training) {
+  return training ? scale * fmaf(mean - z, k, du - mdu) : scale * du;
 }
 
 // Count, mean and sum of squared deviations of a set of values.
@@ -119,13 +129,30 @@ struct Moments {
   float n, mean, m2;
 };
 
+// Non-finite values: PyTorch's batch mean is a sum over n, so +-inf or NaN
+// once an infinity or NaN is among the values, and the variance is then NaN.
+// The shifted sums and merges below keep those kinds (a difference inf - inf
+// would make NaN of a mean that is -inf), at no cost to finite values' bits.
+__device__ __forceinline__ float nan_value() { return __uint_as_float(0x7fc00000u); }
+
 // Chan et al.'s merge of two disjoint sets; exact in count, robust for any offset of the mean.
 __device__ __forceinline__ Moments merge(const Moments& a, const Moments& b) {
   const float n = a.n + b.n;
   if (n == 0.f) return a;
+  if (!isfinite(a.mean) || !isfinite(b.mean)) return {n, a.mean + b.mean, nan_value()};
   const float d = b.mean - a.mean;
   const float f = b.n / n;
   return {n, fmaf(d, f, a.mean), a.m2 + b.m2 + d * d * a.n * f};
+}
+
+// The shift of shifted sums from the first value: 0 for an infinity or NaN,
+// so that the sum of deviations keeps its kind.
+__device__ __forceinline__ float first_shift(float z) { return isfinite(z) ? z : 0.f; }
+
+// Moments of n > 0 values from their shifted sums; the clamp of rounding keeps NaN.
+__device__ __forceinline__ Moments shifted_moments(float n, float shift, float s1, float s2) {
+  const float m = s1 / n, m2 = s2 - s1 * m;
+  return {n, shift + m, m2 < 0.f ? 0.f : m2};
 }
 
 // A thread's values accumulated as sums of deviations from its first value
@@ -134,7 +161,7 @@ __device__ __forceinline__ Moments merge(const Moments& a, const Moments& b) {
 struct ShiftedSums {
   float shift = 0.f, n = 0.f, s1 = 0.f, s2 = 0.f;
   __device__ __forceinline__ void add(float z) {
-    if (n == 0.f) shift = z;
+    if (n == 0.f) shift = first_shift(z);
     const float d = z - shift;
     n += 1.f;
     s1 += d;
@@ -142,8 +169,7 @@ struct ShiftedSums {
   }
   __device__ __forceinline__ Moments moments() const {
     if (n == 0.f) return {0.f, 0.f, 0.f};
-    const float m = s1 / n;
-    return {n, shift + m, fmaxf(s2 - s1 * m, 0.f)};
+    return shifted_moments(n, shift, s1, s2);
   }
 };
 

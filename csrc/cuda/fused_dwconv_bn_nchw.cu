@@ -687,10 +687,10 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
   const int c = c0 + g;
 
   block_setup<C>(a, smem, c0, Gv, true);
-  // dz = scale * ((du - mdu) - (z - mean) * k), mdu = sum(du) / n, k = sum(du * (z - mean)) / n / (var + eps)
-  // (0 in eval), with u = z * scale + shift as in the forward. The difference
-  // comes before the scaling, as in PyTorch: with few values per channel the
-  // terms nearly cancel.
+  // dz = bn_grad: scale * ((du - mdu) - (z - mean) * k), mdu = sum(du) / n,
+  // k = sum(du * (z - mean)) / n / (var + eps), with u = z * scale + shift as
+  // in the forward; scale * du in eval. The difference comes before the
+  // scaling, as in PyTorch: with few values per channel the terms nearly cancel.
   float* coef = smem + a.coef_off;
   for (int gg = warp; gg < Gv; gg += bd >> 5) {
     const int cc = c0 + gg;
@@ -759,7 +759,7 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
               if (r0 + i < a.reg_rows && q0 + v < a.reg_cols && row >= 0 && row < a.Ho && col >= 0 && col < a.Wo) {
                 const float du =
                     activate_grad(fmaf(z, bc.scale, bc.shift), dyg[(r0 + i) * a.reg_cols + q0 + v], a.act);
-                dz[i][v] = cA * fmaf(mean - z, ck, du - mdu);
+                dz[i][v] = bn_grad(du, z, cA, ck, mdu, mean, a.training);
               }
             }
           }
@@ -837,7 +837,7 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
     // dz[p][q] * x[S*p + ta - P][S*q + b - P] over the tile's rows p = oh0 + kk (mod T).
     {
       const int row_end = min(oh0 + a.TH, a.Ho);
-      const int ncq_w = (min(a.TW, a.Wo - ow0) + V - 1) / V;
+      const int wcols = min(a.TW, a.Wo - ow0), ncq_w = (wcols + V - 1) / V;
       for (int sg = t; sg < a.J; sg += bd) {
         const int kk = sg % a.T, q = sg / a.T;
         const int ta = q % K, gg = q / K;
@@ -850,13 +850,18 @@ __global__ void __maxnreg__(kPlanarRegs) planar_backward_kernel(const PlanarArgs
             const float* xr =
                 smem + gg * a.xs_plane + (C::S * (p - oh0 - a.reg_r0) + ta) * a.xs_pitch - C::S * a.reg_c0;
             for (int cq = 0; cq < ncq_w; ++cq) {
+              // Columns of the last vector past the tile have dz = 0 but real x:
+              // skipped, since 0 * inf or 0 * NaN would reach dW.
+              const int nv = wcols - V * cq;
               float dzv[V], win[C::WIN];
               load_window<V, 0>(dzr + V * cq, dzv);
               load_window<C::WIN, 0>(xr + C::S * V * cq, win);
 #pragma unroll
               for (int b = 0; b < K; ++b) {
 #pragma unroll
-                for (int v = 0; v < V; ++v) dw[b] = fmaf(dzv[v], win[C::S * v + b], dw[b]);
+                for (int v = 0; v < V; ++v) {
+                  if (v < nv) dw[b] = fmaf(dzv[v], win[C::S * v + b], dw[b]);
+                }
               }
             }
           }

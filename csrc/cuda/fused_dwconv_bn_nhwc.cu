@@ -161,7 +161,7 @@ struct QuadSums {
   float n = 0.f;
   float4 shift{0.f, 0.f, 0.f, 0.f}, s1{0.f, 0.f, 0.f, 0.f}, s2{0.f, 0.f, 0.f, 0.f};
   __device__ __forceinline__ void add(const float4& z) {  // shifted sums, see ShiftedSums
-    if (n == 0.f) shift = z;
+    if (n == 0.f) shift = make_float4(first_shift(z.x), first_shift(z.y), first_shift(z.z), first_shift(z.w));
     n += 1.f;
     const float4 d = make_float4(z.x - shift.x, z.y - shift.y, z.z - shift.z, z.w - shift.w);
     s1 = make_float4(s1.x + d.x, s1.y + d.y, s1.z + d.z, s1.w + d.w);
@@ -169,8 +169,7 @@ struct QuadSums {
   }
   __device__ __forceinline__ Moments moments(int k) const {
     if (n == 0.f) return {0.f, 0.f, 0.f};
-    const float m = get(s1, k) / n;
-    return {n, get(shift, k) + m, fmaxf(get(s2, k) - get(s1, k) * m, 0.f)};
+    return shifted_moments(n, get(shift, k), get(s1, k), get(s2, k));
   }
 };
 
@@ -446,7 +445,7 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
   const int xrow = a.xs_cols * a.PP, zrow = a.dz_cols * a.PP;
 
   block_setup<C>(a, smem, c0, true);
-  // dz = scale * ((du - mdu) - (z - mean) * k), as in the NCHW B3.
+  // dz = bn_grad(du, z, scale, k, mdu, mean), as in the NCHW B3.
   float* coef = smem + a.coef_off;  // [scale, k, mdu, scale, shift, mean][channel]
   for (int cc = warp; cc < cv; cc += bd >> 5) {
     const int ch = c0 + cc;
@@ -516,7 +515,7 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
               for (int kk = 0; kk < 4; ++kk) {
                 const float z = get(dz[v], kk);
                 const float du = activate_grad(fmaf(z, get(sc, kk), get(sh, kk)), get(g, kk), a.act);
-                set(d, kk, get(cA, kk) * fmaf(get(mu, kk) - z, get(ck, kk), du - get(mdu, kk)));
+                set(d, kk, bn_grad(du, z, get(cA, kk), get(ck, kk), get(mdu, kk), get(mu, kk), a.training));
               }
             }
             dz[v] = d;
@@ -600,8 +599,9 @@ __global__ void __maxnreg__((NhwcCfg<K, S>::kRegs)) nhwc_backward_kernel(const N
               const float4 xv = lds4(xr + (C::S * j0 + jj) * a.PP);
 #pragma unroll
               for (int v = 0; v < V; ++v) {
+                // Columns past the tile are skipped, not added as 0 * x: 0 * inf or 0 * NaN would reach dW.
                 const int b = jj - C::S * v;
-                if (b >= 0 && b < K) fma4(dw[b], d[v], xv);
+                if (b >= 0 && b < K && j0 + v < cols) fma4(dw[b], d[v], xv);
               }
             }
           }

@@ -6,16 +6,23 @@
 //
 // Case: N C H W K stride dtype(f32|f16|bf16) layout(nchw|nhwc) mode(train|eval)
 //       act(relu6|relu|none) runs offset sms [l2=BYTES] [store_z=auto|0|1] [keep_z=f32|x]
+//       [x@n,c,h,w=nan|inf|-inf]
 //       (offset: added to x; sms 0: the device's; l2: the L2 size the kernels
 //       are told, else the device's (the simulator: sim::Config's); store_z: OpShape::store_z;
-//       keep_z: the forward keeps z for the backward (OpShape::keeps_z), as float32 or in x's dtype)
+//       keep_z: the forward keeps z for the backward (OpShape::keeps_z), as float32 or in x's dtype;
+//       x@: one element of x replaced by NaN or an infinity, at (n, c, h, w), negative indices from the end)
 // Result: ok <case> y=E mean=E var=E dx=E dw=E dgamma=E dbeta=E identical=0|1 digest=HEX
+//         [nonfinite=y/mean/var/dx/dw/dgamma/dbeta counts] [mismatch=output[index]:got/want]
 //         launches=name/blocks/threads/smem/resident/streaming_stores;...   (simulator only)
 // or:     error <case> <why>
 // digest: a hash of every output's bits (y, the statistics and the gradients).
 // Each E is a normalised max error: by max |ref| (y, dx), by the scale of a
 // float32 sum of the terms (dw: sum |dz * x| per tap; dgamma, dbeta: sum of
 // |terms| per channel), by the standard deviation (mean), relative (var).
+// Non-finite values follow PyTorch: an output element whose kind (NaN, +inf,
+// -inf, finite) differs from the recomputation's makes its E inf (the first
+// such is named by mismatch=); the normalised errors cover the finite rest.
+// nonfinite= counts the recomputation's non-finite elements (with x@ only).
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,6 +31,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -51,7 +59,28 @@ struct Case {
   ck::StoreZ store_z = ck::StoreZ::kAuto;
   bool keeps_z = false;
   ck::DType z_dtype = ck::DType::kFloat32;
+  bool poke = false;  // x@: x[poke_at] = poke_value
+  long poke_at[4] = {0, 0, 0, 0};
+  double poke_value = 0;
 };
+
+// "n,c,h,w=nan|inf|-inf" (after "x@") into c.
+bool parse_poke(const std::string& spec, Case* c) {
+  char value[8] = {};
+  if (std::sscanf(spec.c_str(), "%ld,%ld,%ld,%ld=%7s", &c->poke_at[0], &c->poke_at[1], &c->poke_at[2], &c->poke_at[3],
+                  value) != 5) {
+    return false;
+  }
+  const std::string v(value);
+  if (v != "nan" && v != "inf" && v != "-inf") return false;
+  c->poke_value = v == "nan" ? NAN : v == "inf" ? INFINITY : -INFINITY;
+  const long dims[4] = {c->N, c->C, c->H, c->W};
+  for (int d = 0; d < 4; ++d) {
+    if (c->poke_at[d] < 0) c->poke_at[d] += dims[d];
+    if (c->poke_at[d] < 0 || c->poke_at[d] >= dims[d]) return false;
+  }
+  return c->poke = true;
+}
 
 bool parse(const std::string& line, Case* c, std::string* why) {
   std::istringstream in(line);
@@ -75,8 +104,10 @@ bool parse(const std::string& line, Case* c, std::string* why) {
     } else if (opt == "keep_z=f32" || opt == "keep_z=x") {
       c->keeps_z = true;
       c->z_dtype = opt == "keep_z=f32" ? ck::DType::kFloat32 : c->dtype;
+    } else if (opt.rfind("x@", 0) == 0) {
+      if (!parse_poke(opt.substr(2), c)) return *why = "bad " + opt + ": expected x@n,c,h,w=nan|inf|-inf inside x", false;
     } else {
-      return *why = "unknown option " + opt + " (l2=BYTES, store_z=auto|0|1, keep_z=f32|x)", false;
+      return *why = "unknown option " + opt + " (l2=BYTES, store_z=auto|0|1, keep_z=f32|x, x@n,c,h,w=nan|inf|-inf)", false;
     }
   }
   return true;
@@ -156,16 +187,22 @@ struct Device {
   float* f() const { return static_cast<float*>(p); }
 };
 
+// PyTorch's activations at NaN: relu and relu6 keep it; relu's gradient there
+// is dy (threshold_backward: y <= 0 ? 0 : dy), relu6's is 0 (its vectorised
+// hardtanh_backward).
 double act_fwd(double u, ck::Activation a) {
-  if (a == ck::Activation::kReLU6) return std::min(std::max(u, 0.0), 6.0);
-  if (a == ck::Activation::kReLU) return std::max(u, 0.0);
+  if (a == ck::Activation::kReLU6) return u < 0 ? 0 : (u > 6 ? 6 : u);
+  if (a == ck::Activation::kReLU) return u < 0 ? 0 : u;
   return u;
 }
 double act_grad(double u, double g, ck::Activation a) {
   if (a == ck::Activation::kReLU6) return (u > 0 && u < 6) ? g : 0;
-  if (a == ck::Activation::kReLU) return u > 0 ? g : 0;
+  if (a == ck::Activation::kReLU) return u <= 0 ? 0 : g;
   return g;
 }
+
+// 0 finite, 1 NaN, 2 +inf, 3 -inf.
+int kind(double v) { return std::isnan(v) ? 1 : std::isinf(v) ? (v > 0 ? 2 : 3) : 0; }
 
 std::vector<float> floats(const std::vector<unsigned char>& b) {
   std::vector<float> f(b.size() / 4);
@@ -198,6 +235,10 @@ std::string run_case(const Case& c) {
           const size_t i = ((n * C + ch) * H + h) * W + w;
           xd[i] = x.put(in_at(n, ch, h, w), c.offset + rng.next(-1, 1));
         }
+  if (c.poke) {
+    const long* p = c.poke_at;
+    xd[((p[0] * C + p[1]) * H + p[2]) * W + p[3]] = x.put(in_at(p[0], p[1], p[2], p[3]), c.poke_value);
+  }
   for (long n = 0; n < N; ++n)
     for (long ch = 0; ch < C; ++ch)
       for (long i = 0; i < Ho; ++i)
@@ -358,32 +399,55 @@ std::string run_case(const Case& c) {
   dxo.bytes = first[3];
   const std::vector<float> sm = floats(first[1]), sv = floats(first[2]), gw = floats(first[4]), gg = floats(first[5]),
                            gb = floats(first[6]);
-  double ey = 0, ymax = 0, edx = 0, dxmax = 0, em = 0, ev = 0, ew = 0, eg = 0, eb = 0;
-  auto upd = [](double& e, double v) { e = std::isnan(v) ? INFINITY : std::max(e, v); };
+  enum { kY, kMean, kVar, kDx, kDw, kDgamma, kDbeta, kOutputs };
+  const char* const names[kOutputs] = {"y", "mean", "var", "dx", "dw", "dgamma", "dbeta"};
+  double err[kOutputs] = {}, ymax = 0, dxmax = 0;
+  long nonfinite[kOutputs] = {};
+  std::string mismatch;
+  // err[out] = max |got - want| / scale over finite pairs; inf where the kinds differ.
+  auto upd = [&](int out, std::initializer_list<long> at, double got, double want, double scale) {
+    nonfinite[out] += kind(want) != 0;
+    if (kind(got) != kind(want)) {
+      err[out] = INFINITY;
+      if (mismatch.empty()) {
+        std::ostringstream m;
+        m << names[out] << "[";
+        for (const long& i : at) m << (&i == at.begin() ? "" : ",") << i;
+        m << "]:" << got << "/" << want;
+        mismatch = m.str();
+      }
+    } else if (kind(want) == 0) {
+      err[out] = std::max(err[out], std::fabs(got - want) / scale);
+    }
+  };
   for (long n = 0; n < N; ++n)
     for (long ch = 0; ch < C; ++ch)
       for (long i = 0; i < Ho; ++i)
         for (long j = 0; j < Wo; ++j) {
           const double r = yref[((n * C + ch) * Ho + i) * Wo + j];
-          upd(ey, std::fabs(yo.get(out_at(n, ch, i, j)) - r));
-          ymax = std::max(ymax, std::fabs(r));
+          upd(kY, {n, ch, i, j}, yo.get(out_at(n, ch, i, j)), r, 1);
+          if (kind(r) == 0) ymax = std::max(ymax, std::fabs(r));
         }
   for (long n = 0; n < N; ++n)
     for (long ch = 0; ch < C; ++ch)
       for (long h = 0; h < H; ++h)
         for (long w = 0; w < W; ++w) {
           const double r = dxref[((n * C + ch) * H + h) * W + w];
-          upd(edx, std::fabs(dxo.get(in_at(n, ch, h, w)) - r));
-          dxmax = std::max(dxmax, std::fabs(r));
+          upd(kDx, {n, ch, h, w}, dxo.get(in_at(n, ch, h, w)), r, 1);
+          if (kind(r) == 0) dxmax = std::max(dxmax, std::fabs(r));
         }
+  err[kY] /= std::max(ymax, 1e-30);
+  err[kDx] /= std::max(dxmax, 1e-30);
   for (long ch = 0; ch < C; ++ch) {
     if (c.training) {
-      upd(em, std::fabs(sm[ch] - mean[ch]) / std::sqrt(var[ch] + eps));
-      upd(ev, std::fabs(sv[ch] - var[ch]) / (var[ch] + eps));
+      upd(kMean, {ch}, sm[ch], mean[ch], std::sqrt(var[ch] + eps));
+      upd(kVar, {ch}, sv[ch], var[ch], var[ch] + eps);
     }
-    upd(eg, std::fabs(gg[ch] - dgamma[ch]) / std::max(sdg[ch], 1e-30));
-    upd(eb, std::fabs(gb[ch] - dbeta[ch]) / std::max(sdb[ch], 1e-30));
-    for (long t = 0; t < K * K; ++t) upd(ew, std::fabs(gw[ch * K * K + t] - dwref[ch * K * K + t]) / std::max(dwscale[ch * K * K + t], 1e-30));
+    upd(kDgamma, {ch}, gg[ch], dgamma[ch], std::max(sdg[ch], 1e-30));
+    upd(kDbeta, {ch}, gb[ch], dbeta[ch], std::max(sdb[ch], 1e-30));
+    for (long t = 0; t < K * K; ++t) {
+      upd(kDw, {ch, t / K, t % K}, gw[ch * K * K + t], dwref[ch * K * K + t], std::max(dwscale[ch * K * K + t], 1e-30));
+    }
   }
   uint64_t digest = 0xcbf29ce484222325ull;  // FNV-1a over every output's bytes
   for (const auto& out : first) {
@@ -392,9 +456,15 @@ std::string run_case(const Case& c) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "y=%.3g mean=%.3g var=%.3g dx=%.3g dw=%.3g dgamma=%.3g dbeta=%.3g identical=%d digest=%016llx",
-                ey / std::max(ymax, 1e-30), em, ev, edx / std::max(dxmax, 1e-30), ew, eg, eb, identical ? 1 : 0,
+                err[kY], err[kMean], err[kVar], err[kDx], err[kDw], err[kDgamma], err[kDbeta], identical ? 1 : 0,
                 static_cast<unsigned long long>(digest));
-  return std::string("ok ") + buf + (launches.empty() ? "" : " launches=" + launches);
+  std::string out = std::string("ok ") + buf;
+  if (c.poke) {
+    out += " nonfinite=";
+    for (int i = 0; i < kOutputs; ++i) out += (i ? "/" : "") + std::to_string(nonfinite[i]);
+  }
+  if (!mismatch.empty()) out += " mismatch=" + mismatch;
+  return out + (launches.empty() ? "" : " launches=" + launches);
 }
 
 }  // namespace

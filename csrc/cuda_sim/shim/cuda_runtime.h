@@ -143,6 +143,7 @@ inline void sim_stcs_(T* p, const T& v, const char* file, int line) {
 #define __stcs(p, v) sim_stcs_(p, v, __FILE__, __LINE__)
 
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+using std::isfinite;  // CUDA declares it in the global namespace too
 inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);
