@@ -144,7 +144,8 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
         return
     log_dir.mkdir(parents=True, exist_ok=True)
     start, finished = time.perf_counter(), 0
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_quiet_worker,
+    # spawn, not fork: a fork of a process whose torch/OpenMP threads hold locks can hang forever.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker,
                              initargs=(str(log_dir),)) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:

@@ -55,6 +55,18 @@ def oracle(config: TrainConfig, epochs: int, world: int = WORLD) -> dict:
     c, model = plan.config, run.model
     params = list(model.parameters())
     model.train()
+    # The thread count the runs use (the dataset's default): another one sums in another order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(c.threads)
+    try:
+        _oracle_epochs(plan, run, params, epochs, world)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def _oracle_epochs(plan, run, params, epochs: int, world: int) -> None:
+    c, model = plan.config, run.model
     for epoch in range(epochs):
         for x, y in batches(plan.splits.train, c.batch_size * world, train=True, epoch=epoch,
                             seed=c.seed, device="cpu", augment=c.augment):
@@ -74,7 +86,6 @@ def oracle(config: TrainConfig, epochs: int, world: int = WORLD) -> dict:
             torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
             run.optimizer.step()
         run.scheduler.step()
-    return {name: p.detach() for name, p in model.named_parameters()}
 
 
 def assert_same_weights(checkpoint: dict, expected: dict, initial: dict) -> list[str]:
