@@ -148,7 +148,7 @@ DEFAULTS = dict(data="digits", max_paths=4, kernels=[3, 5, 7, 9], expansions=[3,
 ADDED_IDENTITY = {"sampling": "uniform", "pocket_sampling": "arch"}
 
 # digits is the quick demo: 1077 training images of 16 px, where the release's 200 epochs of batch 96 with
-# crop/flip/Cutout would take an hour to learn what 12 plain epochs of batch 32 reach (>0.95 mean subnet
+# crop/flip/Cutout would take an hour to learn what 12 plain epochs of batch 32 reach (>0.9 mean subnet
 # accuracy) in about a minute. Flips and half-image Cutout also destroy digits at 16 px. Its layers are
 # too small to split across cores, and idle OpenMP threads spin against other processes: one thread.
 DATASET_DEFAULTS = {

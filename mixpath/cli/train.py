@@ -23,7 +23,7 @@ def _dataset_line(name: str) -> str:
 
 EPILOG = """\
 defaults that depend on --data (every one can be overridden; cifar10 follows the release,
-digits is a quick demo that reaches > 0.95 mean subnet accuracy in about a minute on a CPU):
+digits is a quick demo that reaches > 0.9 mean subnet accuracy in under a minute on a CPU):
 """ + "\n".join(_dataset_line(name) for name in DATASETS) + """
 
 resuming: --resume DIR/last.pt continues a run with the settings it was started
