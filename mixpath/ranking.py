@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -71,9 +72,14 @@ def bootstrap_tau_ci(predicted: Sequence[float], truth: Sequence[float], confide
         raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95); got {confidence}")
     if len(np.unique(a)) < 2 or len(np.unique(b)) < 2:
         raise ValueError("Kendall tau is undefined when all predicted or all true accuracies are equal")
-    result = stats.bootstrap((a, b), lambda x, y: stats.kendalltau(x, y).statistic, paired=True,
-                             vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
-                             method="BCa", rng=np.random.default_rng(seed))
+    # A degenerate resample makes scipy warn and return NaN; the NaN is the answer callers report, the
+    # warning only noise on the user's terminal.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.bootstrap((a, b), lambda x, y: stats.kendalltau(x, y).statistic, paired=True,
+                                 vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
+                                 method="BCa", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
