@@ -11,6 +11,7 @@ namespace mixpath {
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;             // y, save_mean, save_var
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // dx, dweight, dgamma, dbeta
+using ForwardZResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // y, save_mean, save_var, z
 
 ForwardResult fused_dwconv_bn_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
@@ -32,6 +33,18 @@ BackwardResult fused_dwconv_bn_backward_cuda(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& save_mean, const at::Tensor& save_var, int64_t stride, bool training,
     double eps, c10::string_view activation);
+
+// The CUDA-only pair that keeps z = conv(x) (float32, y's shape and layout) from the training forward for the
+// backward, which then reads it instead of recomputing the convolution (FORWARD_Z_SCHEMA / BACKWARD_Z_SCHEMA).
+ForwardZResult fused_dwconv_bn_forward_z_cuda(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+    const at::Tensor& running_mean, const at::Tensor& running_var, int64_t stride, bool training, double eps,
+    c10::string_view activation);
+
+BackwardResult fused_dwconv_bn_backward_z_cuda(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& z, const at::Tensor& weight,
+    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& save_mean, const at::Tensor& save_var,
+    int64_t stride, bool training, double eps, c10::string_view activation);
 #endif
 
 }  // namespace mixpath

@@ -12,9 +12,6 @@
 #include <string>
 
 #include "fused_dwconv_bn.h"
-#ifdef MIXPATH_WITH_CUDA
-#include "cuda/fused_dwconv_bn_keep_z.h"
-#endif
 
 namespace mixpath {
 namespace {

@@ -1,6 +1,6 @@
 // CUDA entry points of the fused op and of its z-keeping pair (schema:
-// mixpath/ops/compiled_op.py; declared in csrc/fused_dwconv_bn.h and
-// fused_dwconv_bn_keep_z.h, registered by csrc/ops.cpp, which has
+// mixpath/ops/compiled_op.py; declared in csrc/fused_dwconv_bn.h,
+// registered by csrc/ops.cpp, which has
 // already checked shapes, dtypes and devices). This file turns tensors into
 // the raw pointers of fused_dwconv_bn_kernels.h: layout, outputs, scratch,
 // device guard and stream. Built only where torch has CUDA.
@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "../fused_dwconv_bn.h"
-#include "fused_dwconv_bn_keep_z.h"
 #include "fused_dwconv_bn_kernels.h"
 
 namespace mixpath {
