@@ -12,11 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "VERSION", "READABLE_VERSIONS", "REQUIRED_KEYS", "atomic_write",
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "READABLE_VERSIONS", "REQUIRED_KEYS", "atomic_path", "atomic_write",
            "save_checkpoint", "load_checkpoint", "config_differences"]
 
 FORMAT = "mixpath-supernet-training"
@@ -37,26 +38,20 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, from another program or version, or from another configuration."""
 
 
-def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) -> None:
-    """Write `path` via `write(file)` into a temporary file beside it, fsync, then rename over `path`.
-
-    Readers see the old file or the complete new one, never a partial write; if
-    `write` raises, the old file stays and the temporary file is removed.
-    """
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write (by a writer that wants a path); renamed over `path`
+    when the block succeeds, removed when it raises. Readers see the old file or the complete new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); results follow the user's umask
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); results follow the user's umask
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
     # Make the rename itself durable; not every filesystem lets a directory be opened.
     try:
@@ -69,6 +64,18 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) 
         pass
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) -> None:
+    """Write `path` via `write(file)` into a temporary file beside it, fsync, then rename over `path`.
+
+    Readers see the old file or the complete new one, never a partial write; if
+    `write` raises, the old file stays and the temporary file is removed.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

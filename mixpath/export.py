@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import operator
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .checkpoint import atomic_path, atomic_write
 from .nn import ConvBNAct, InvertedResidual, SubNet
 from .nn.blocks import shadow_row
 from .ops.contract import merge_kernels
@@ -129,16 +129,6 @@ def _onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: no half-written file."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_subnet(subnet: SubNet, path, example: Tensor, *, meta: dict, onnx: bool = False,
                   atol: float | None = None, force: bool = False) -> dict:
     """Fold `subnet`, export it on the CPU with torch.export (batch dimension dynamic), save it at `path` (.pt2).
@@ -171,9 +161,9 @@ def export_subnet(subnet: SubNet, path, example: Tensor, *, meta: dict, onnx: bo
     program = torch.export.export(folded, (trace,), dynamic_shapes=({0: batch},))
 
     tolerance = atol if atol is not None else RELATIVE_TOLERANCE * max(1.0, expected.abs().max().item())
-    info = {}
 
-    def save_verified(tmp: Path) -> None:
+    # The temporary files keep the real suffix: the exporters go by it.
+    with atomic_path(path, suffix=".tmp" + path.suffix) as tmp:
         torch.export.save(program, tmp)
         with torch.no_grad():
             got = torch.export.load(tmp).module()(example)
@@ -181,13 +171,11 @@ def export_subnet(subnet: SubNet, path, example: Tensor, *, meta: dict, onnx: bo
         if not diff <= tolerance:  # also catches NaN
             raise ExportError(f"the exported model differs from the subnet by up to {diff:.3g} "
                               f"(tolerance {tolerance:.3g}); nothing was written")
-        info.update(meta, max_abs_diff=diff, tolerance=tolerance, dynamic_batch=True, torch=torch.__version__)
-
-    _atomic_write(path, save_verified)
+    info = {**meta, "max_abs_diff": diff, "tolerance": tolerance, "dynamic_batch": True, "torch": torch.__version__}
     if onnx:  # weights inside the file (external_data=False): a side file would keep the temporary name
-        _atomic_write(outputs[2],
-                      lambda tmp: torch.onnx.export(program, (example,), tmp, dynamo=True, external_data=False))
-    _atomic_write(outputs[1], lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+        with atomic_path(outputs[2], suffix=".tmp.onnx") as tmp:
+            torch.onnx.export(program, (example,), tmp, dynamo=True, external_data=False)
+    atomic_write(outputs[1], lambda f: f.write(json.dumps(info, indent=2) + "\n"), binary=False)
     return info
 
 
