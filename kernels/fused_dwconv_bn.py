@@ -121,6 +121,13 @@ _ROUND_BF16_BY_HAND = tl.constexpr(INTERPRET)
 # shared device helpers
 # ----------------------------------------------------------------------------
 @triton.jit
+def _walk(i, n, REVERSE: tl.constexpr):
+    """Step i of n, counted from the end when REVERSE: a second pass starts where the first ended (its data is
+    still in L2)."""
+    return n - 1 - i if REVERSE else i
+
+
+@triton.jit
 def _positions(p0, p_end, HOWO: tl.constexpr, WO: tl.constexpr, BLOCK_P: tl.constexpr, BIG: tl.constexpr):
     """Flattened output positions p0 .. p0 + BLOCK_P as (valid, n, ho, wo)."""
     p = p0 + tl.arange(0, BLOCK_P)
@@ -316,9 +323,7 @@ def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pm
                SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
                EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
                REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_c = tl.program_id(0)
-    if REVERSE:
-        pid_c = tl.num_programs(0) - 1 - pid_c
+    pid_c = _walk(tl.program_id(0), tl.num_programs(0), REVERSE)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     tcm = None if EVEN_C else cm
@@ -333,15 +338,12 @@ def _fwd_apply(x_ptr, w_ptr, y_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, pm
         tl.store(svar_ptr + c, var, mask=cm)
     inv, scale, shift = _bn_coefficients(gamma_ptr, beta_ptr, mean, var, eps, c, cm)
     for step in range(tl.program_id(1), NC, tl.num_programs(1)):
-        chunk = NC - 1 - step if REVERSE else step
+        chunk = _walk(step, NC, REVERSE)
         p_start = chunk * CHUNK_P
         p_end = tl.minimum(p_start + CHUNK_P, NP)
         n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
         for t in range(0, n_tiles):
-            if REVERSE:
-                p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
-            else:
-                p0 = p_start + t * BLOCK_P
+            p0 = p_start + _walk(t, n_tiles, REVERSE) * BLOCK_P
             ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
             xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
             z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
@@ -395,9 +397,7 @@ def _bwd_dz(x_ptr, w_ptr, dy_ptr, dz_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_p
             SWC: tl.constexpr, SWT: tl.constexpr, K: tl.constexpr, S: tl.constexpr, BIG: tl.constexpr,
             EVEN_C: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
             REVERSE: tl.constexpr, NC_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_c = tl.program_id(0)
-    if REVERSE:
-        pid_c = tl.num_programs(0) - 1 - pid_c
+    pid_c = _walk(tl.program_id(0), tl.num_programs(0), REVERSE)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     tcm = None if EVEN_C else cm
@@ -411,17 +411,14 @@ def _bwd_dz(x_ptr, w_ptr, dy_ptr, dz_ptr, gamma_ptr, beta_ptr, smean_ptr, svar_p
         zc = -scale * inv * _sum_partials(pdg_ptr, c, cm, NC, C, NC_PAD) / total
         z0 = -scale * _sum_partials(pdb_ptr, c, cm, NC, C, NC_PAD) / total
     for step in range(tl.program_id(1), NC, tl.num_programs(1)):
-        chunk = NC - 1 - step if REVERSE else step
+        chunk = _walk(step, NC, REVERSE)
         p_start = chunk * CHUNK_P
         p_end = tl.minimum(p_start + CHUNK_P, NP)
         db = tl.zeros((BLOCK_C,), dtype=tl.float32)
         dg = tl.zeros((BLOCK_C,), dtype=tl.float32)
         n_tiles = tl.cdiv(p_end - p_start, BLOCK_P)
         for t in range(0, n_tiles):
-            if REVERSE:
-                p0 = p_start + (n_tiles - 1 - t) * BLOCK_P
-            else:
-                p0 = p_start + t * BLOCK_P
+            p0 = p_start + _walk(t, n_tiles, REVERSE) * BLOCK_P
             ok, n, h, w = _positions(p0, p_end, HO * WO, WO, BLOCK_P, BIG)
             xp = x_ptr + ((n * SXN + h * (S * SXH) + w * (S * SXW))[:, None] + (c * SXC)[None, :])
             z = _dwconv(xp, wp, h, w, ok, tcm, H, W, SXH, SXW, SWT, K, S, BLOCK_C == 1, BLOCK_P, BLOCK_C)
