@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from mixpath.checkpoint import atomic_write
+from mixpath.checkpoint import atomic_write, write_json
 from mixpath.differentiable import ArchitectureLogits, DifferentiableNet, train_differentiable
 from mixpath.nn import SuperNet
 from mixpath.ops import available_backends, default_backend
@@ -143,7 +143,7 @@ def _one_shot_arch(root: Path, seed: int) -> tuple[str, float]:
         run = open_run(folder / "supernet", device="cpu")
         result = nsga2_search(run.space, run.scorer(), ("acc", "flops"), seed=seed, progress=False, **NSGA)
         front = sorted((c.to_dict() for c in result.front), key=lambda c: -c["acc"])
-        atomic_write(front_file, lambda f: f.write(json.dumps(front, indent=1)), binary=False)
+        write_json(front_file, front, indent=1)
     best = json.loads(front_file.read_text())[0]
     return best["arch"], best["acc"]
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows = study(args.out, [int(v) for v in args.seeds.split(",")])
-    atomic_write(args.out / "study.json", lambda f: f.write(json.dumps(rows, indent=1)), binary=False)
+    write_json(args.out / "study.json", rows, indent=1)
     study_figure(rows, args.out / "study.png")
     print(study_table(rows))
     return 0

@@ -17,14 +17,13 @@ Writes --out (default benchmarks/SHRINK.md) and a JSON beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from mixpath.checkpoint import atomic_write
+from mixpath.checkpoint import atomic_write, write_json
 from mixpath.search import EvaluationLog, encode, non_dominated, nsga2_search
 from mixpath.shrink import shrink
 from mixpath.space import get_space
@@ -153,7 +152,7 @@ def main(argv=None):
                       f"{k['n_inside']}.", ""]
     out = Path(args.out)
     atomic_write(out, lambda f: f.write("\n".join(lines) + "\n"), binary=False)
-    atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(report, indent=1) + "\n"), binary=False)
+    write_json(out.with_suffix(".json"), report, indent=1)
     print("\n".join(lines))
 
 

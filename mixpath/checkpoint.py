@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "READABLE_VERSIONS", "REQUIRED_KEYS", "atomic_path", "atomic_write",
-           "save_checkpoint", "load_checkpoint", "config_differences"]
+           "write_json", "json_ready", "save_checkpoint", "load_checkpoint", "config_differences"]
 
 FORMAT = "mixpath-supernet-training"
 # 2: one Parameter per Shadow BN row. Version 1 (rows stacked in one Parameter) still loads for
@@ -78,6 +78,16 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) 
         os.fsync(f.fileno())
 
 
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """`obj` as JSON text (a final newline), written atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent) + "\n"), binary=False)
+
+
+def json_ready(value):
+    """Lists, not tuples, so configs compare equal after a round trip through a checkpoint or JSON."""
+    return json.loads(json.dumps(value))
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Atomically save `state` (REQUIRED_KEYS other than format/version) as a checkpoint."""
     missing = [k for k in REQUIRED_KEYS if k not in state and k not in ("format", "version")]
@@ -121,7 +131,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def _plain(config) -> bool:
     """A config is a dict of JSON values, as training writes it."""
     try:
-        return isinstance(config, dict) and json.loads(json.dumps(config)) == config
+        return isinstance(config, dict) and json_ready(config) == config
     except (TypeError, ValueError):
         return False
 

@@ -9,7 +9,6 @@ the folded model differs from the subnet only by float32 rounding.
 from __future__ import annotations
 
 import importlib.util
-import json
 import operator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .checkpoint import atomic_path, atomic_write
+from .checkpoint import atomic_path, write_json
 from .nn import ConvBNAct, InvertedResidual, SubNet
 from .nn.blocks import shadow_row
 from .ops.contract import merge_kernels
@@ -175,7 +174,7 @@ def export_subnet(subnet: SubNet, path, example: Tensor, *, meta: dict, onnx: bo
     if onnx:  # weights inside the file (external_data=False): a side file would keep the temporary name
         with atomic_path(outputs[2], suffix=".tmp.onnx") as tmp:
             torch.onnx.export(program, (example,), tmp, dynamo=True, external_data=False)
-    atomic_write(outputs[1], lambda f: f.write(json.dumps(info, indent=2) + "\n"), binary=False)
+    write_json(outputs[1], info)
     return info
 
 

@@ -16,10 +16,12 @@ Every command that writes into `--out DIR` goes through `OutputFolder`:
 from __future__ import annotations
 
 import errno
+import itertools
 import os
+import time
 from pathlib import Path
 
-__all__ = ["OutputError", "OutputFolder", "disk_full_message"]
+__all__ = ["OutputError", "OutputFolder", "disk_full_message", "new_run_dir"]
 
 LOCK_NAME = ".lock"
 
@@ -100,3 +102,12 @@ class OutputFolder:
         while (self.path / f"{stem}.{n}{dot}{suffix}").exists():
             n += 1
         return f"{stem}.{n}{dot}{suffix}"
+
+
+def new_run_dir() -> Path:
+    """A free runs/<timestamp> name; OutputFolder creates it (and removes it if the run writes nothing)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in itertools.count():
+        out = Path("runs") / (stamp if i == 0 else f"{stamp}-{i}")
+        if not out.exists():
+            return out

@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, json_ready, write_json
 from .evaluate import score_arch
 from .nn import LAYOUTS
 from .space import Arch, ArchError, LayerChoice, SearchSpace
@@ -187,7 +187,7 @@ class EvaluationLog:
         self.path = None if path is None else Path(path)
         self.space = space.unrestricted()
         # through JSON, so tuples and lists compare equal to what a load reads back
-        self.context = json.loads(json.dumps({"space": self.space.to_dict(), "layout": layout, **(meta or {})}))
+        self.context = json_ready({"space": self.space.to_dict(), "layout": layout, **(meta or {})})
         self._entries: dict[Arch, Candidate] = {}
         self._tail_fix: tuple[int, bytes] | None = None  # (offset, bytes) to mend a last line without newline
         if self.path is not None and self.path.exists():
@@ -609,7 +609,7 @@ def save_front(result: SearchResult, out_dir) -> dict[str, Path]:
     writer.writeheader()
     writer.writerows(rows)
     paths = {name: out / name for name in FRONT_FILES}
-    atomic_write(paths["front.json"], lambda f: f.write(json.dumps(rows, indent=1) + "\n"), binary=False)
+    write_json(paths["front.json"], rows, indent=1)
     atomic_write(paths["front.csv"], lambda f: f.write(text.getvalue()), binary=False)
     plot_pareto(result, paths["pareto.png"])
     return paths

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import random
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, write_json
 from .nn import SuperNet
 from .nn.blocks import InvertedResidual
 from .outdir import OutputFolder
@@ -174,7 +173,7 @@ def save_stats(report: dict, out, *, force: bool = False) -> list[Path]:
     with OutputFolder(out) as folder:
         folder.claim(OUTPUTS, force=force, hint="pass --force to replace them")
         json_path = folder.path / OUTPUTS[0]
-        atomic_write(json_path, lambda f: f.write(json.dumps(report, indent=2) + "\n"), binary=False)
+        write_json(json_path, report)
         png_path = plot_stats({describe(report): report}, folder.path / OUTPUTS[1])
     return [json_path, png_path]
 

@@ -53,20 +53,21 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import CheckpointError, atomic_write, config_differences, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, config_differences, json_ready, load_checkpoint,
+                         save_checkpoint, write_json)
 from .data import DataError, Splits, batches, describe, load_data, num_batches
 from .evaluate import accuracy, score_arch
 from .nn import LAYOUTS, SuperNet, standalone
 from .ops import backend_status, default_backend
 from .ops.registry import AUTO_ORDER
 from .distributed import RankFailure, Ranks
-from .outdir import OutputError, OutputFolder
+from .outdir import OutputError, OutputFolder, new_run_dir
 from .sampling import SAMPLINGS, make_sampler, rank_share
 from .space import POCKET_SAMPLING, SPACES, Arch, ArchError, SearchSpace, get_space, load_space_file
 
 __all__ = ["TrainConfig", "ConfigError", "TrainingError", "Terminated", "DEFAULTS", "DATASET_DEFAULTS",
            "IDENTITY_KEYS", "DATASETS", "train", "retrain", "resolve", "build_space", "load_splits",
-           "split_batches"]
+           "split_batches", "Plan", "Run", "as_options", "run_epochs", "sigterm_as_interrupt"]
 
 DATASETS = ("digits", "cluttered-digits", "cifar10", "folder")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -180,7 +181,7 @@ def flag(key: str) -> str:
 # ---------------------------------------------------------------- resolving and checking the config
 
 @dataclass
-class _Plan:
+class Plan:
     """Everything a run needs, checked, before anything is written."""
 
     config: TrainConfig
@@ -205,7 +206,8 @@ class _Plan:
         return self.config.batch_size * self.ranks.world_size
 
 
-def _as_options(config: TrainConfig | Mapping | None) -> dict:
+def as_options(config: TrainConfig | Mapping | None) -> dict:
+    """The options a config sets (None dropped); an unknown key is a ConfigError naming the known ones."""
     if config is None:
         return {}
     if isinstance(config, TrainConfig):
@@ -215,11 +217,6 @@ def _as_options(config: TrainConfig | Mapping | None) -> dict:
     if unknown:
         raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return {k: v for k, v in config.items() if v is not None}
-
-
-def _json_ready(value):
-    """Lists, not tuples, so configs compare equal after a round trip through a checkpoint or JSON."""
-    return json.loads(json.dumps(value))
 
 
 def _check_ranges(c: TrainConfig) -> None:
@@ -369,9 +366,9 @@ def split_batches(splits: Splits, *, batch_size: int, calib_batches: int, seed: 
     return calibration, validation
 
 
-def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
+def resolve(config: TrainConfig | Mapping | None = None) -> Plan:
     """Fill in the unset options and check everything; nothing is written. Raises ConfigError and friends."""
-    given = _as_options(config)
+    given = as_options(config)
     ranks = Ranks.from_env()
     checkpoint = load_checkpoint(given["resume"]) if "resume" in given else None
     base = {k: v for k, v in checkpoint["config"].items() if k not in JOB_KEYS} if checkpoint else {}
@@ -391,7 +388,7 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
     c.kernels, c.expansions, c.eval_arch = list(c.kernels), list(c.expansions), list(c.eval_arch)
     # Before loading data: a run resumed with another --data should hear that, not a data error.
     if checkpoint is not None:
-        current = _json_ready(asdict(c))
+        current = json_ready(asdict(c))
         diffs = config_differences({**ADDED_IDENTITY, **checkpoint["config"]}, current, IDENTITY_KEYS)
         if diffs:
             listed = "; ".join(f"{flag(k)} {old!r} there, {new!r} now" for k, old, new in diffs)
@@ -448,31 +445,21 @@ def resolve(config: TrainConfig | Mapping | None = None) -> _Plan:
         monitor = sampled[0]
 
     out = _check_out(c, checkpoint)
-    return _Plan(c, device, backend, note, splits, space, archs, monitor, out, ranks, checkpoint, notes)
+    return Plan(c, device, backend, note, splits, space, archs, monitor, out, ranks, checkpoint, notes)
 
 
 # ---------------------------------------------------------------- the run
-
-def _new_run_dir() -> Path:
-    """A free runs/<timestamp> name; OutputFolder creates it (and removes it if the run writes nothing)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in itertools.count():
-        out = Path("runs") / (stamp if i == 0 else f"{stamp}-{i}")
-        if not out.exists():
-            return out
-
-
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), binary=False)
-
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
     # Rewritten whole from the history each epoch: after a crash or a resume it matches the checkpoint.
     atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in history), binary=False)
 
 
-class _Run:
-    def __init__(self, plan: _Plan):
+class Run:
+    """One training in progress: model, optimiser, schedule, sampler and history, and their checkpoint.
+    Other trainers (mixpath.differentiable) extend it."""
+
+    def __init__(self, plan: Plan):
         self.plan, self.c = plan, plan.config
         c, device = self.c, plan.device
         torch.manual_seed(c.seed)
@@ -503,7 +490,7 @@ class _Run:
 
     # -- checkpoints
     def _state(self) -> dict:
-        state = dict(epoch=self.epoch, config=_json_ready(asdict(self.c)), space=self.plan.space.to_dict(),
+        state = dict(epoch=self.epoch, config=json_ready(asdict(self.c)), space=self.plan.space.to_dict(),
                      model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                      scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                      sampler=self.sampler.getstate(), torch_rng=torch.get_rng_state(), history=self.history,
@@ -638,7 +625,7 @@ class _Run:
         return record
 
 
-def _describe_config(plan: _Plan) -> str:
+def _describe_config(plan: Plan) -> str:
     c, world = plan.config, plan.ranks.world_size
     what = (f"stand-alone {c.arch} ({c.layout} layout), from scratch" if c.arch is not None else
             f"supernet: {c.layout} layout, shadow BN {'on' if c.shadow_bn else 'off'}, {c.sampling} sampling")
@@ -662,7 +649,7 @@ def _errors_named_by_rank(ranks: Ranks):
 
 
 @contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
     """SIGTERM raises `Terminated` in the main thread, so a scheduler's kill ends the job as Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -678,7 +665,7 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _supernet_summary(plan: _Plan, run: _Run, log) -> dict:
+def _supernet_summary(plan: Plan, run: Run, log) -> dict:
     c = plan.config
     results = []
     for arch in tqdm(plan.eval_archs, desc="evaluating subnets", leave=False, disable=None, file=sys.stderr):
@@ -693,7 +680,7 @@ def _supernet_summary(plan: _Plan, run: _Run, log) -> dict:
     return summary
 
 
-def _retrain_summary(plan: _Plan, run: _Run, log) -> dict:
+def _retrain_summary(plan: Plan, run: Run, log) -> dict:
     arch, c = plan.monitor_arch, plan.config
     summary = {"arch": str(arch), "val_acc": run.score(arch), "test_acc": run.test_accuracy(),
                "flops": plan.space.flops(arch), "params": plan.space.params(arch, c.layout), "seed": c.seed}
@@ -722,9 +709,9 @@ def train(config: TrainConfig | Mapping | None = None, *, log: Callable[[str], N
             torch.set_num_threads(c.threads)
         # Rank 0 alone holds the folder; it locks it before the group forms, and no rank trains (so rank 0
         # writes nothing) until every rank has passed its checks and joined.
-        folder = OutputFolder(plan.out or _new_run_dir()) if ranks.main else nullcontext()
+        folder = OutputFolder(plan.out or new_run_dir()) if ranks.main else nullcontext()
         try:
-            with folder as folder, _sigterm_as_interrupt(), \
+            with folder as folder, sigterm_as_interrupt(), \
                     distributed.process_group(ranks, plan.device, c.dist_timeout):
                 return _train(plan, folder, wall, log if ranks.main else _quiet)
         finally:
@@ -735,7 +722,7 @@ def _quiet(_line: str) -> None:
     pass
 
 
-def _resume_hint(run: _Run, ckpt_path: Path | None) -> str:
+def _resume_hint(run: Run, ckpt_path: Path | None) -> str:
     c = run.c
     if ckpt_path is None:
         return "rank 0 keeps the last finished epoch in its --out: continue with --resume there"
@@ -749,12 +736,12 @@ def _epoch_line(r: dict) -> str:
             f"val {r['val_acc']:.4f}  lr {r['lr']:.4g}  {r['images_per_second']:.0f} img/s  {r['seconds']:.1f}s")
 
 
-def run_epochs(run: _Run, ckpt_path: Path | None, metrics_path: Path | None, log,
+def run_epochs(run: Run, ckpt_path: Path | None, metrics_path: Path | None, log,
                epoch_line: Callable[[dict], str]) -> dict | None:
     """Train `run` to its last epoch, saving the checkpoint and metrics after each (where this rank writes).
 
     Returns the summary of a run stopped by --stop-after, else None. Ctrl-C, SIGTERM and a failed rank end
-    it with a line saying what can be resumed. `run` is a `_Run` (or a subclass: the differentiable search).
+    it with a line saying what can be resumed. `run` is a `Run` (or a subclass: the differentiable search).
     """
     plan, c = run.plan, run.c
     if plan.checkpoint is not None:
@@ -786,7 +773,7 @@ def run_epochs(run: _Run, ckpt_path: Path | None, metrics_path: Path | None, log
     return None
 
 
-def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
+def _train(plan: Plan, folder: OutputFolder | None, wall: float, log) -> dict:
     """The run; `folder` is None on ranks other than 0, which write nothing."""
     c, ranks = plan.config, plan.ranks
     out = folder.path if folder is not None else None
@@ -794,7 +781,7 @@ def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
     if out is not None:
         c.out = str(out)
         ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
-    run = _Run(plan)
+    run = Run(plan)
     if out is not None and c.force and plan.checkpoint is None:
         for name in RUN_FILES:  # --force: the old run's files go before the new run writes its own
             (out / name).unlink(missing_ok=True)
@@ -832,11 +819,11 @@ def _train(plan: _Plan, folder: OutputFolder | None, wall: float, log) -> dict:
         "space": plan.space.to_dict(),
         "data": c.data,
         "checkpoint": str(ckpt_path),
-        "config": _json_ready(asdict(c)),
+        "config": json_ready(asdict(c)),
     }
     # A finished run's result is never replaced: evaluating it again writes summary.2.json, ...
     name = folder.free_name(SUMMARY_NAME)
-    _write_json(out / name, summary)
+    write_json(out / name, summary)
     log(f"done after {run.epoch} epochs, {summary['seconds']:.1f}s, {plan.backend} on {plan.device}: {out / name}"
         + (f" ({SUMMARY_NAME} holds the earlier evaluation)" if name != SUMMARY_NAME else ""))
     return summary
@@ -849,7 +836,7 @@ def retrain(config: TrainConfig | Mapping | None = None, *, log: Callable[[str],
     `val_acc` (the validation split, what ranking compares against), `test_acc` (the test split, read only
     here, for reporting), `flops`, `params`, `epochs`, `seconds` and `seed`.
     """
-    options = _as_options(config)
+    options = as_options(config)
     if "arch" not in options and "resume" not in options:
         raise ConfigError("retrain needs the architecture to train: pass arch='t:k,k|...' (or resume=RUN)")
     return train(options, log=log)

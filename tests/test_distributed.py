@@ -25,7 +25,7 @@ from mixpath.checkpoint import CheckpointError, load_checkpoint
 from mixpath.data import batches
 from mixpath.distributed import Ranks
 from mixpath.sampling import rank_share
-from mixpath.training import ConfigError, TrainConfig, _Run, resolve, train
+from mixpath.training import ConfigError, TrainConfig, Run, resolve, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -51,7 +51,7 @@ def torchrun(*args: str, timeout: float = 240, wait: bool = True):
 def oracle(config: TrainConfig, epochs: int, world: int = WORLD) -> dict:
     """The weights after `epochs` of one process that computes each of `world` ranks' shares separately."""
     plan = resolve(config)
-    run = _Run(plan)
+    run = Run(plan)
     c, model = plan.config, run.model
     params = list(model.parameters())
     model.train()
@@ -103,7 +103,7 @@ def assert_same_weights(checkpoint: dict, expected: dict, initial: dict) -> list
 
 @pytest.fixture(scope="module")
 def initial():
-    return {k: v.clone() for k, v in _Run(resolve(TrainConfig(**SMALL))).model.state_dict().items()}
+    return {k: v.clone() for k, v in Run(resolve(TrainConfig(**SMALL))).model.state_dict().items()}
 
 
 def test_two_ranks_match_one_process_and_resume_exactly(tmp_path, initial):

@@ -19,7 +19,7 @@ import mixpath.checkpoint as checkpoint_module
 from mixpath.checkpoint import atomic_write, load_checkpoint
 from mixpath.cli.train import main
 from mixpath.outdir import OutputError, OutputFolder
-from mixpath.training import TrainConfig, TrainingError, _Run, train
+from mixpath.training import TrainConfig, TrainingError, Run, train
 from tiny_runs import SMALL, SMALL_ARGS, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_interrupt_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypa
     def interrupted(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_Run, "train_epoch", interrupted)
+    monkeypatch.setattr(Run, "train_epoch", interrupted)
     out = tmp_path / "new"
     assert main(["--out", str(out), *SMALL_ARGS], prog="train.py") == 130
     assert "nothing to resume" in capsys.readouterr().err
@@ -121,7 +121,7 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(tmp_path, monkeypa
     def diverged(self):
         raise TrainingError("training diverged in epoch 1")
 
-    monkeypatch.setattr(_Run, "train_epoch", diverged)
+    monkeypatch.setattr(Run, "train_epoch", diverged)
     with pytest.raises(TrainingError):
         train(TrainConfig(out=str(tmp_path / "new"), **SMALL), log=quiet)
     assert not (tmp_path / "new").exists()

@@ -20,7 +20,7 @@ from ..outdir import OutputError, disk_full_message
 from ..space import Arch, ArchError
 
 __all__ = ["Parser", "UsageError", "guarded", "int_list", "add_arch_source", "read_arch", "add_job_options",
-           "add_run_options"]
+           "add_run_options", "parser_options", "add_subcommand"]
 
 
 class UsageError(ValueError):
@@ -37,6 +37,19 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, like every other error this program reports.
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser_options(doc: str, epilog: str | None = None, *, keep_unset_out: bool = False) -> dict:
+    """A subcommand parser's options: its module docstring less the first paragraph as the description.
+    keep_unset_out: unset options stay out of the namespace (so a resumed run takes them from its checkpoint)."""
+    options = dict(description=doc.split("\n\n", 1)[1], epilog=epilog,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return {**options, "argument_default": argparse.SUPPRESS} if keep_unset_out else options
+
+
+def add_subcommand(subparsers, name: str, help: str, options: dict, fill: Callable, run: Callable) -> None:
+    """`mixpath NAME`: a subparser with `options`, its arguments added by `fill`, dispatching to `run`."""
+    fill(subparsers.add_parser(name, help=help, **options)).set_defaults(command=run)
 
 
 def guarded(prog: str, action: Callable[[], object], extra_user_errors: tuple = ()) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, add_arch_source, guarded, read_arch
+from .common import UsageError, add_arch_source, add_subcommand, guarded, parser_options, read_arch
 
 HELP = "save a subnet as a standalone torch.export model (paths merged, BN folded)"
 
@@ -34,11 +34,11 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-PARSER_OPTIONS = dict(description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER_OPTIONS = parser_options(__doc__)
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("export", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "export", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def network_to_export(args):

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from pathlib import Path
 
-from .common import UsageError, add_run_options, guarded, open_run_from
+from .common import UsageError, add_run_options, add_subcommand, guarded, open_run_from, parser_options
 
 HELP = "Kendall tau of a supernet against retrained ground truth (or --collect retrain results)"
 OUTPUTS = ("ranking.json", "ranking.png", "scores.csv")
@@ -45,12 +44,11 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-PARSER_OPTIONS = dict(description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER_OPTIONS = parser_options(__doc__, EPILOG)
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("rank", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "rank", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def collect(args) -> list[dict]:
@@ -72,7 +70,7 @@ def collect(args) -> list[dict]:
 def rank(args) -> dict:
     """The whole command: score the truth file's architectures, compare, write; returns ranking.json's content."""
     from .. import ranking
-    from ..checkpoint import atomic_write
+    from ..checkpoint import atomic_write, write_json
     from ..outdir import OutputFolder
     from ..space import load_space_file
 
@@ -101,7 +99,7 @@ def rank(args) -> dict:
         report = ranking.rank_report(archs, standalone, after, before, n_resamples=args.bootstrap, seed=args.seed)
         report = {"run": str(run.checkpoint.resolve()), "truth": str(Path(args.truth).resolve()),
                   "space_file": None if args.space_file is None else str(Path(args.space_file).resolve()), **report}
-        atomic_write(out / "ranking.json", lambda f: f.write(json.dumps(report, indent=2) + "\n"), binary=False)
+        write_json(out / "ranking.json", report)
         text = io.StringIO(newline="")
         writer = csv.writer(text)
         writer.writerow(["arch", "standalone", "acc_before", "acc_after"])

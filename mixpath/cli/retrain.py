@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..training import TrainConfig, retrain
-from .common import Parser, UsageError, add_arch_source, guarded, read_arch
+from .common import Parser, UsageError, add_arch_source, add_subcommand, guarded, parser_options, read_arch
 from .train import add_arguments
 
 HELP = "train one architecture from scratch (ground truth for ranking)"
@@ -41,12 +41,11 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-PARSER_OPTIONS = dict(description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+PARSER_OPTIONS = parser_options(__doc__, EPILOG, keep_unset_out=True)
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("retrain", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "retrain", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def _run_of_front(front: str) -> str | None:

@@ -11,10 +11,9 @@ scoring any of them again. --space-file searches only inside the pockets of a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .common import UsageError, add_job_options, add_run_options, guarded, open_run_from
+from .common import UsageError, add_job_options, add_run_options, add_subcommand, guarded, open_run_from, parser_options
 
 HELP = "search a trained supernet (NSGA-II or random) for accuracy/cost trade-offs"
 OUTPUTS = ("evaluated.jsonl", "front.json", "front.csv", "pareto.png", "search.json")
@@ -53,12 +52,11 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-PARSER_OPTIONS = dict(description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER_OPTIONS = parser_options(__doc__, EPILOG)
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("search", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "search", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def _check(args) -> None:
@@ -76,7 +74,7 @@ def _check(args) -> None:
 def search(args) -> dict:
     """The whole command: open the supernet, search, write the outputs; returns search.json's content."""
     from .. import search as lib
-    from ..checkpoint import atomic_write
+    from ..checkpoint import write_json
     from ..latency import LatencyCache
     from ..outdir import OutputFolder
     from ..space import load_space_file
@@ -116,7 +114,7 @@ def search(args) -> dict:
                     "space_file": None if args.space_file is None else str(Path(args.space_file).resolve()),
                     "latency_batch": args.latency_batch, "max_flops": args.max_flops, "max_params": args.max_params,
                     **{k: v for k, v in result.to_dict().items() if k != "front"}}
-        atomic_write(out / "search.json", lambda f: f.write(json.dumps(settings, indent=2) + "\n"), binary=False)
+        write_json(out / "search.json", settings)
     best = max(result.front, key=lambda c: c.acc)
     print(f"{settings['n_scored']} architectures scored; front of {len(result.front)}, "
           f"best val acc {best.acc:.4f} ({best.arch}, {best.flops / 1e6:.2f} MFLOPs): {Path(out) / 'front.json'}")

@@ -13,10 +13,9 @@ DIR/evaluated.jsonl as it is taken: --resume after a kill scores nothing twice;
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .common import UsageError, add_job_options, add_run_options, guarded, open_run_from
+from .common import UsageError, add_job_options, add_run_options, add_subcommand, guarded, open_run_from, parser_options
 
 HELP = "shrink a supernet's space to pockets of good architectures (LISSNAS locality)"
 OUTPUTS = ("evaluated.jsonl", "space.json", "shrink.json", "shrink.png")
@@ -61,18 +60,17 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-PARSER_OPTIONS = dict(description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER_OPTIONS = parser_options(__doc__, EPILOG)
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("shrink", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "shrink", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def shrink(args) -> dict:
     """The whole command: open the supernet, shrink, write the outputs; returns shrink.json's content."""
     from .. import search, shrink as lib
-    from ..checkpoint import atomic_write
+    from ..checkpoint import write_json
     from ..outdir import OutputFolder
     from ..space import space_file
 
@@ -109,9 +107,8 @@ def shrink(args) -> dict:
             raise UsageError(str(e).replace("_", "-")) from None
         report = {"run": str(run.checkpoint.resolve()), "device": str(run.device), **result.to_dict()}
         made = {"run": report["run"], "shrink": str((out / "shrink.json").resolve())}
-        atomic_write(out / "space.json", lambda f: f.write(json.dumps(space_file(result.space, made=made),
-                                                                      indent=1) + "\n"), binary=False)
-        atomic_write(out / "shrink.json", lambda f: f.write(json.dumps(report, indent=1) + "\n"), binary=False)
+        write_json(out / "space.json", space_file(result.space, made=made), indent=1)
+        write_json(out / "shrink.json", report, indent=1)
         lib.plot_shrink(result, out / "shrink.png")
     size, scores = report["size"], report["scores"]
     print(f"{report['n_evaluated']} architectures looked at (stop: {result.stop}); {len(result.space.pockets)} "

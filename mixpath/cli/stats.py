@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, add_run_options, guarded
+from .common import UsageError, add_run_options, guarded, parser_options
 
 HELP = "cosine and norm ratio of j-path sums against single paths, per layer (MixPath's Shadow BN premise)"
 EPILOG = """\
@@ -23,8 +23,7 @@ feeds each layer its input) and stats.png (both measures per layer, a line per j
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("stats", help=HELP, description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("stats", help=HELP, **parser_options(__doc__, EPILOG))
     p.add_argument("run", metavar="RUN", help="a `mixpath train` run folder or its last.pt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--images", type=int, default=256, metavar="N", help="training images to measure on "

@@ -10,7 +10,7 @@ import sys
 from ..sampling import SAMPLINGS
 from ..differentiable.cli import add_differentiable_arguments, dispatch
 from ..training import AMP_MODES, DATASET_DEFAULTS, DATASETS, DEFAULTS
-from .common import Parser, guarded, int_list
+from .common import Parser, add_subcommand, guarded, int_list
 
 HELP = "train a MixPath supernet (one sampled multi-path architecture per step)"
 
@@ -157,7 +157,7 @@ def _fill(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_parser(subparsers) -> None:
-    _fill(subparsers.add_parser("train", help=HELP, **PARSER_OPTIONS)).set_defaults(command=run)
+    add_subcommand(subparsers, "train", HELP, PARSER_OPTIONS, _fill, run)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

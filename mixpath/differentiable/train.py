@@ -36,10 +36,10 @@ from ..checkpoint import CheckpointError, config_differences
 from ..data import ImageSet, batches, describe, num_batches
 from ..data.split import stratified_split
 from ..evaluate import accuracy
-from ..outdir import OutputFolder
-from ..training import (CHECKPOINT_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, ConfigError, TrainConfig,
-                        TrainingError, _as_options, _json_ready, _new_run_dir, _Plan, _Run, _sigterm_as_interrupt,
-                        _write_json, flag, resolve, run_epochs)
+from ..checkpoint import json_ready, write_json
+from ..outdir import OutputFolder, new_run_dir
+from ..training import (CHECKPOINT_NAME, METRICS_NAME, RUN_FILES, SUMMARY_NAME, ConfigError, Plan, Run, TrainConfig,
+                        TrainingError, as_options, flag, resolve, run_epochs, sigterm_as_interrupt)
 from .derive import collapse_stats, derive_arch, layer_weights, plot_weights
 from .layers import ArchitectureLogits, DifferentiableNet, indivisible_widths
 from .schedule import arch_lr, confidence
@@ -98,10 +98,10 @@ def _options(config) -> dict:
     config = dict(asdict(config) if dataclasses.is_dataclass(config) else config or {})
     search = {k: config.pop(k) for k in (*DIFFERENTIABLE_KEYS, "mode") if config.get(k) is not None}
     rest = {k: v for k, v in config.items() if k not in (*DIFFERENTIABLE_KEYS, "mode")}
-    return {**_as_options(rest), **search}
+    return {**as_options(rest), **search}
 
 
-def _check_search(o: dict, plan: _Plan) -> None:
+def _check_search(o: dict, plan: Plan) -> None:
     def need(ok: bool, key: str, what: str):
         if not ok:
             raise ConfigError(f"{flag(key)} {o[key]!r} is out of range: {what}")
@@ -119,7 +119,7 @@ def _check_search(o: dict, plan: _Plan) -> None:
     need(0 <= o["keep_threshold"] < 1, "keep_threshold", "a softmax weight in [0, 1)")
 
 
-def _resolve(config) -> tuple[_Plan, dict]:
+def _resolve(config) -> tuple[Plan, dict]:
     """(the one-shot plan, the search options), all checked; nothing is written."""
     given = _options(config)
     given.pop("mode", None)
@@ -160,10 +160,10 @@ def _resolve(config) -> tuple[_Plan, dict]:
     return plan, options
 
 
-class _DifferentiableRun(_Run):
-    """`_Run`'s supernet, SGD, cosine schedule and checkpoint state, plus the logits, their Adam and the halves."""
+class _DifferentiableRun(Run):
+    """`Run`'s supernet, SGD, cosine schedule and checkpoint state, plus the logits, their Adam and the halves."""
 
-    def __init__(self, plan: _Plan, options: dict):
+    def __init__(self, plan: Plan, options: dict):
         self.options = options
         self.halves = split_halves(plan.splits.train, plan.config.seed)
         self.logits = ArchitectureLogits(plan.space).to(plan.device)
@@ -175,7 +175,7 @@ class _DifferentiableRun(_Run):
 
     def _state(self) -> dict:
         state = super()._state()
-        state["config"] = {**state["config"], **_json_ready(self.options), "mode": "differentiable"}
+        state["config"] = {**state["config"], **json_ready(self.options), "mode": "differentiable"}
         state.update(arch_logits=self.logits.state_dict(), arch_optimizer=self.arch_optimizer.state_dict())
         return state
 
@@ -275,7 +275,7 @@ def train_differentiable(config: DifferentiableConfig | Mapping | None = None, *
     if c.threads is not None:
         torch.set_num_threads(c.threads)
     try:
-        with OutputFolder(plan.out or _new_run_dir()) as folder, _sigterm_as_interrupt():
+        with OutputFolder(plan.out or new_run_dir()) as folder, sigterm_as_interrupt():
             return _search(plan, options, folder, wall, log)
     finally:
         torch.set_num_threads(threads)
@@ -287,7 +287,7 @@ def _epoch_line(r: dict) -> str:
             f"arch lr {r['arch_lr']:.3g}  {r['seconds']:.1f}s")
 
 
-def _search(plan: _Plan, options: dict, folder: OutputFolder, wall: float, log) -> dict:
+def _search(plan: Plan, options: dict, folder: OutputFolder, wall: float, log) -> dict:
     c, out = plan.config, folder.path
     c.out = str(out)
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
@@ -317,9 +317,9 @@ def _search(plan: _Plan, options: dict, folder: OutputFolder, wall: float, log) 
                "train_seconds": round(sum(r["seconds"] for r in run.history), 3), "train_loss": last["train_loss"],
                "backend": plan.backend, "device": str(plan.device), "layout": c.layout,
                "space": plan.space.to_dict(), "data": c.data, "checkpoint": str(ckpt_path), "plot": str(plot),
-               "config": {**_json_ready(asdict(c)), **_json_ready(options), "mode": "differentiable"}}
+               "config": {**json_ready(asdict(c)), **json_ready(options), "mode": "differentiable"}}
     name = folder.free_name(SUMMARY_NAME)
-    _write_json(out / name, summary)
+    write_json(out / name, summary)
     log(f"derived {arch}: val_acc {summary['val_acc']:.4f} (supernet, BN recalibrated), "
         f"{summary['flops'] / 1e6:.2f} MFLOPs; retrain it with `mixpath retrain {out / name}`")
     log(f"done after {run.epoch} epochs, {summary['seconds']:.1f}s: {out / name}, {plot.name}")
