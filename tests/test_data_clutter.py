@@ -1,11 +1,12 @@
-"""mixpath.data's cluttered-digits: shapes, determinism, disjoint sources, and the digit really on the canvas."""
+"""mixpath.data's cluttered-digits: shapes, determinism, disjoint sources, the digit really on the canvas, and the
+fresh clutter of every augmented epoch."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from mixpath.data import DataError, load_data, place_digits
+from mixpath.data import DataError, batches, load_data, place_digits
 from mixpath.data.digits import upsampled_digits
 
 
@@ -43,13 +44,59 @@ def test_deterministic_for_a_seed(clutter):
     assert not torch.equal(other.val.indices, clutter.val.indices)
 
 
+def holds_digit(canvases, indices):
+    """Per canvas: is its digit (sklearn index) intact somewhere on it? Pixel-wise maximum compositing
+    leaves the canvas at least the digit's pixels everywhere in some 12x12 window."""
+    digits = upsampled_digits(12)[indices].float()
+    windows = F.unfold(canvases[:, :1].float(), 12).view(len(digits), 144, -1)  # every 12x12 window
+    return (windows >= digits.view(-1, 144, 1)).all(1).any(1)
+
+
 def test_every_canvas_holds_its_digit_intact(clutter):
-    # Pixel-wise maximum compositing: somewhere the canvas is at least the digit's pixels everywhere.
-    digits = upsampled_digits(12)[clutter.val.indices[::4]].float()
-    canvases = clutter.val.images[::4, :1].float()
-    windows = F.unfold(canvases, 12).view(len(digits), 144, -1)  # every 12x12 window
-    covers = (windows >= digits.view(-1, 144, 1)).all(1)
-    assert covers.any(1).all()
+    assert holds_digit(clutter.val.images[::4], clutter.val.indices[::4]).all()
+
+
+def unnormalise(x, data):
+    return (x[:, :1] * data.std[0] + data.mean[0]).mul(255).round()
+
+
+def test_augmented_epochs_place_each_training_digit_afresh(clutter):
+    train = clutter.train
+    pixels = {}
+    for epoch in (0, 1):
+        images, labels = [], []
+        for x, y in batches(train, 97, train=True, epoch=epoch, seed=5, device="cpu", drop_last=False):
+            images.append(unnormalise(x, train))
+            labels.append(y)
+        pixels[epoch] = torch.cat(images)
+        labels = torch.cat(labels)
+        assert sorted(labels.tolist()) == sorted(train.labels.tolist())  # every canvas once, labels kept
+    # Fresh canvases: none equals a stored one, yet each still shows a digit of its own label intact.
+    stored = {bytes(img[0].to(torch.uint8).numpy()) for img in train.images}
+    assert not any(bytes(img[0].to(torch.uint8).numpy()) in stored for img in pixels[0][:200])
+    assert not torch.equal(pixels[0], pixels[1])
+    again = torch.cat([unnormalise(x, train) for x, _ in batches(train, 97, train=True, epoch=0, seed=5,
+                                                                 device="cpu", drop_last=False)])
+    assert torch.equal(again, pixels[0])  # deterministic for (seed, epoch)
+
+
+def test_fresh_canvases_hold_their_own_digit_and_keep_the_label(clutter):
+    train = clutter.train
+    fresh = train.epoch_images(torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert fresh.shape == train.images.shape and fresh.dtype == torch.uint8
+    assert not torch.equal(fresh, train.images)
+    sample = slice(0, None, 7)
+    assert holds_digit(fresh[sample], train.indices[sample]).all()  # canvas i still shows the digit labelled i
+    # ... and not the neighbouring digit (canvases come in runs of 3 per digit): the check can tell them apart
+    assert holds_digit(fresh[sample], train.indices.roll(3)[sample]).float().mean() < 0.05
+
+
+def test_without_augmentation_training_batches_are_the_stored_canvases(clutter):
+    train = clutter.train
+    x, y = next(iter(batches(train, 64, train=True, epoch=0, seed=5, device="cpu", augment=False)))
+    stored = {bytes(img[0].numpy()): label for img, label in zip(train.images, train.labels.tolist())}
+    assert all(stored[bytes(img[0].to(torch.uint8).numpy())] == label
+               for img, label in zip(unnormalise(x, train), y.tolist()))
 
 
 def test_fragments_come_from_other_digits_and_the_digit_sits_where_recorded():

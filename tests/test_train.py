@@ -52,6 +52,19 @@ def test_resume_is_bit_identical(runs):
     assert runs["straight"]["val_acc_per_arch"] == runs["resumed"]["val_acc_per_arch"]
 
 
+def test_fresh_clutter_is_the_recipe_and_resumes_bit_identically(tmp_path):
+    # cluttered-digits' augmentation draws new canvases from (seed, epoch) alone: a resumed run sees the same.
+    opts = dict(SMALL, data="cluttered-digits", image_size=16, eval_archs=1)
+    train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **opts), log=quiet)
+    train(TrainConfig(epochs=2, out=str(tmp_path / "b"), stop_after=1, **opts), log=quiet)
+    train(TrainConfig(resume=str(tmp_path / "b" / "last.pt")), log=quiet)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["config"]["augment"] is True and a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert _metrics(tmp_path / "a" / "metrics.jsonl") == _metrics(tmp_path / "b" / "metrics.jsonl")
+
+
 def test_summary_fields(runs):
     path = runs["root"] / "a" / "summary.json"
     s = json.loads(path.read_text())

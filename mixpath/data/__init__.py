@@ -9,7 +9,7 @@ same seed always gives the same split. Normalisation comes from train alone.
 | name | source | train / val / test |
 |---|---|---|
 | `digits` | sklearn's bundled 8x8 digits, upsampled (16 px) | 1077 / 360 / 360 of the 1797 |
-| `cluttered-digits` | those digits placed among fragments of others (32 px) | 3 placements of each digit split |
+| `cluttered-digits` | those digits placed among fragments of others (32 px), train placed anew every augmented epoch | 3 placements of each digit split |
 | `cifar10` | the python-pickle batches | 50,000 training images less val (5,000) / test_batch |
 | `folder` | `DIR/train/<class>/*`, optional `DIR/val/<class>/*` | val held out of train/; test val/, else held out |
 """

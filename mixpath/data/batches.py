@@ -6,7 +6,9 @@
   (which zeroes a square of the *normalised* image, i.e. paints it the dataset
   mean, as the release's Cutout does after Normalize). Padding and Cutout scale
   with the image: `image_size // 8` and `image_size // 2` (4 and 16 at 32 px);
-  set `pad` / `cutout` on the set to change them (0 = off).
+  set `pad` / `cutout` / `flip` on the set to change them (0 / False = off). A
+  set may start each augmented epoch from fresh images (`epoch_images`: the
+  cluttered digits are placed anew).
 - `FolderImageSet`: paths only, decoded by PIL in DataLoader workers.
   Training: random-resized crop (scale 0.08..1, ratio 3/4..4/3) + flip;
   otherwise a centre crop of 0.875 of the shorter side (256 -> 224 style).
@@ -112,21 +114,22 @@ def _shard_positions(b: int, batch_size: int, shard: tuple[int, int]) -> slice:
 def _tensor_batches(data: TensorImageSet, order: Tensor, batch_size: int, n: int, gen: torch.Generator | None,
                     device: torch.device, mean: Tensor, std: Tensor,
                     shard: tuple[int, int]) -> Iterator[tuple[Tensor, Tensor]]:
-    images, labels = data.images_on(device), data.labels.to(device)
-    order = order.to(device)
+    images = data.images_on(device) if gen is None else data.epoch_images(gen, device)
+    labels, order = data.labels.to(device), order.to(device)
     size, pad, cut = data.image_size, data.pad, data.cutout
+    crop = gen is not None and (pad > 0 or data.flip)
     if gen is not None:
         # One draw per image for the whole epoch, in a fixed order, from the CPU generator.
         count = len(data)
         shift = torch.randint(0, 2 * pad + 1, (2, count), generator=gen).to(device)
-        flip = (torch.rand(count, generator=gen) < 0.5).to(device)
+        flip = (torch.rand(count, generator=gen) < 0.5).to(device) & data.flip
         centre = torch.randint(0, size, (2, count), generator=gen).to(device)
         ar = torch.arange(size, device=device)
     for b in range(n):
         pos = _shard_positions(b, batch_size, shard)
         idx = order[pos]
         x = images[idx]
-        if gen is not None:
+        if crop:
             # Crop (from the image padded with black) and flip as one gather: output pixel (i, j) reads
             # padded pixel (dy + i, dx + j), or (dy + i, dx + size - 1 - j) when the image is flipped.
             width = size + 2 * pad

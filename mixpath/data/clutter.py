@@ -6,6 +6,12 @@ positions on a black canvas strewn with `fragments` random crops (half the
 digit's side) of OTHER digits of the same split, composited by pixel-wise
 maximum. train/val/test come from the digits' own splits (digits.py), so no
 digit, whole or as clutter, appears in two splits. Deterministic for a seed.
+
+Augmentation (the dataset's recipe) is a fresh clutter: every augmented epoch
+places each training digit anew among new fragments, drawn from the epoch's
+generator, so a network cannot memorise the clutter and the supply of training
+canvases is unlimited at the cost of one epoch. No crop, flip or Cutout: the
+position is already random and a flip changes a digit. val and test stay fixed.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import numpy as np
 import torch
 
 from .digits import digit_labels, digit_split_indices, grey_sets, upsampled_digits
-from .sets import DataError, Splits, make_splits
+from .sets import DataError, Splits, TensorImageSet, make_splits
 
 CLUTTER_SIZE = 32
 CLUTTER_COPIES = 3
@@ -62,17 +68,36 @@ def place_digits(digits: np.ndarray, copies: int, canvas: int, fragments: int,
     return Placements(images, digit, position, source)
 
 
+@dataclass(eq=False)
+class ClutteredImageSet(TensorImageSet):
+    """A cluttered split that can place its digits afresh: the digits, in label order, and how to clutter them."""
+
+    digits: np.ndarray | None = None  # (n, d, d) uint8, the split's digits; canvas i shows digits[i // copies]
+    copies: int = CLUTTER_COPIES
+    fragments: int = CLUTTER_FRAGMENTS
+
+    def epoch_images(self, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        fresh = place_digits(self.digits, self.copies, self.image_size, self.fragments, rng).images
+        return torch.from_numpy(fresh)[:, None].expand(-1, 3, -1, -1).to(device)
+
+
 def load_clutter(image_size: int, val_size: int | float | None, seed: int, copies: int = CLUTTER_COPIES,
                  fragments: int = CLUTTER_FRAGMENTS) -> Splits:
     if image_size < CLUTTER_MIN_SIZE:
         raise DataError(f"cluttered-digits needs image_size of at least {CLUTTER_MIN_SIZE}, got {image_size}")
     digit_side = round(image_size * 3 / 8)
     digits, labels = upsampled_digits(digit_side).numpy(), digit_labels()
-    parts = []
-    for k, idx in enumerate(digit_split_indices(val_size, seed)):
+    parts, split_digits = [], digit_split_indices(val_size, seed)
+    for k, idx in enumerate(split_digits):
         p = place_digits(digits[idx], copies, image_size, fragments, np.random.default_rng([seed, k]))
         parts.append((torch.from_numpy(p.images), torch.from_numpy(labels[idx][p.digit]),
                       torch.from_numpy(idx[p.digit])))
+    sets = grey_sets(parts)
+    train = sets[0]
+    sets[0] = ClutteredImageSet(train.images, train.labels, train.classes, train.mean, train.std, pad=0, cutout=0,
+                                flip=False, indices=train.indices, digits=digits[split_digits[0]], copies=copies,
+                                fragments=fragments)
     note = (f"{copies} placements per digit ({digit_side}px) among {fragments} fragments of other digits "
-            "of the same split")
-    return make_splits("cluttered-digits", *grey_sets(parts), note=note)
+            "of the same split; augmentation places the training digits afresh every epoch")
+    return make_splits("cluttered-digits", *sets, note=note)

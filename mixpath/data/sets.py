@@ -39,6 +39,7 @@ class TensorImageSet(ImageSet):
     std: tuple[float, float, float]
     pad: int | None = None  # crop padding; None: image_size // 8
     cutout: int | None = None  # Cutout side; None: image_size // 2
+    flip: bool = True  # random horizontal flips (off where a flip changes the class, as for digits)
     # Each image's position in the data it was taken from (sklearn's digit order, the 50,000 CIFAR training
     # rows or test_batch's rows), so which images a split holds can be checked and logged.
     indices: Tensor | None = None
@@ -56,6 +57,11 @@ class TensorImageSet(ImageSet):
         if device not in self._on_device:
             self._on_device[device] = self.images.to(device)
         return self._on_device[device]
+
+    def epoch_images(self, gen: torch.Generator, device: torch.device) -> Tensor:
+        """The images an augmented epoch starts from (before crop, flip and Cutout); a set that makes
+        fresh images per epoch draws them from `gen`."""
+        return self.images_on(device)
 
 
 @dataclass(eq=False)
