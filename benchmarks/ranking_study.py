@@ -22,6 +22,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from argparse import Namespace
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -39,9 +40,11 @@ SUPERNETS = {  # name: (layout, shadow_bn, sampling)
     "official-shadow": ("official", True, "uniform"), "official-single": ("official", False, "uniform"),
     "mixpath-shadow-fair": ("mixpath", True, "fair"),
 }
-# The default study: sized on a pilot (STUDY.md) to finish within an hour on the 2-core development CPU.
+# The default study: sized on pilots (study/PILOTS.md) to finish within an hour on the 2-core development CPU
+# with a ground truth whose spread across architectures is as large against its spread across seeds as the
+# pilots found.
 DEFAULTS = dict(data="cluttered-digits", image_size=20, width_mult=0.5, kernels="3,5,7", max_paths=3,
-                supernet_epochs=12, retrain_epochs=5, archs=40, seed_archs=10, seeds=3, seed=2020, workers=2,
+                supernet_epochs=30, retrain_epochs=20, archs=40, seed_archs=10, seeds=3, seed=2020, workers=2,
                 backend="cpp", bootstrap=2000)
 SMOKE = dict(data="digits", image_size=16, width_mult=0.25, kernels="3,5", max_paths=2, supernet_epochs=1,
              retrain_epochs=1, archs=4, seed_archs=1, seeds=2, workers=1, bootstrap=100)
@@ -90,10 +93,10 @@ def stratified_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
 
 def base_config(o: Namespace) -> dict:
     """The TrainConfig options every training of the study shares."""
-    return dict(data=o.data, data_dir=o.data_dir, image_size=o.image_size, space="tiny" if o.data != "cifar10"
-                else "cifar", max_paths=o.max_paths, kernels=o.kernels, expansions=[3, 6], width_mult=o.width_mult,
-                seed=o.seed,
-                device=o.device, backend=o.backend, threads=1 if o.device == "cpu" else None)
+    return dict(data=o.data, data_dir=o.data_dir, image_size=o.image_size, val_size=o.val_size,
+                space="tiny" if o.data != "cifar10" else "cifar", max_paths=o.max_paths, kernels=o.kernels,
+                expansions=[3, 6], width_mult=o.width_mult, seed=o.seed, device=o.device, backend=o.backend,
+                threads=1 if o.device == "cpu" else None)
 
 
 def plan_jobs(o: Namespace, space: SearchSpace) -> tuple[list[Job], list[Arch]]:
@@ -112,12 +115,20 @@ def plan_jobs(o: Namespace, space: SearchSpace) -> tuple[list[Job], list[Arch]]:
     return jobs, archs
 
 
-def _quiet_worker(log_dir: str) -> None:
-    """Worker processes write their logs (and tqdm, off when not on a terminal) to a file of their own."""
+def _start_worker(log_dir: str, study_pid: int) -> None:
+    """Worker processes write their logs (and tqdm, off when not on a terminal) to a file of their own, and
+    end when the study's process is gone (killed, or ended by SIGTERM), rather than train on as orphans."""
     os.environ["OMP_NUM_THREADS"] = "1"
     fd = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    threading.Thread(target=_end_with, args=(study_pid,), daemon=True).start()
+
+
+def _end_with(study_pid: int) -> None:
+    while os.getppid() == study_pid:
+        time.sleep(1)
+    os._exit(1)  # the running training's last checkpoint stays: the next start resumes it
 
 
 def run_job(job: Job) -> str:
@@ -145,14 +156,18 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     start, finished = time.perf_counter(), 0
     # spawn, not fork: a fork of a process whose torch/OpenMP threads hold locks can hang forever.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker,
-                             initargs=(str(log_dir),)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(str(log_dir), os.getpid())) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 job = pending.pop(future)
-                future.result()  # a failed training stops the study: its message says how to continue
+                try:
+                    future.result()
+                except Exception as e:  # a failed training stops the study, in one line
+                    raise SystemExit(f"{job.name} failed: {e}\nfix it and run the study again: finished trainings "
+                                     "are kept") from None
                 finished += job.epochs
                 bar.update(job.epochs)
                 left = (time.perf_counter() - start) / finished * (bar.total - bar.n)
@@ -185,6 +200,8 @@ def parse_args(argv=None) -> Namespace:
                    f"{DEFAULTS['data']})")
     p.add_argument("--data-dir", metavar="D", help="--data cifar10: the cifar-10-batches-py folder")
     p.add_argument("--image-size", type=int, metavar="N")
+    p.add_argument("--val-size", type=int, metavar="N",
+                   help="held out for validation (default: the dataset's; cluttered-digits: digits)")
     p.add_argument("--width-mult", type=float, metavar="W")
     p.add_argument("--kernels", metavar="K,K")
     p.add_argument("--max-paths", type=int, metavar="M")
@@ -232,7 +249,8 @@ def main(argv=None) -> int:
     if not started.is_file():
         started.write_text(json.dumps({"time": time.time()}))
     config = base_config(o)
-    splits = load_splits(TrainConfig(**{k: v for k, v in config.items() if k in ("data", "data_dir", "image_size")}))
+    splits = load_splits(TrainConfig(**{k: v for k, v in config.items()
+                                        if k in ("data", "data_dir", "image_size", "val_size")}))
     space = build_space(TrainConfig(**config), splits)
     jobs, archs = plan_jobs(o, space)
     print(f"{len(jobs)} trainings ({len(SUPERNETS)} supernets of {o.supernet_epochs} epochs, {len(jobs) - len(SUPERNETS)} "

@@ -11,12 +11,13 @@ import io
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-from mixpath.checkpoint import atomic_write
+from mixpath.checkpoint import atomic_write, write_json
 from mixpath.stats import describe as describe_stats
 from mixpath.stats import plot_stats
 
@@ -36,7 +37,23 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
-def truth_spread(jobs, archs, seed: int) -> dict:
+def spread_ratio_ci(first: np.ndarray, multi: list[np.ndarray], n_resamples: int, seed: int = 0) -> list:
+    """A 95% BCa bootstrap interval of arch std / pooled seed std: architectures are resampled for the first,
+    the multi-seed architectures (independently) for the second. [None, None] where it is undefined."""
+    def ratio(first_seed, variances):
+        return np.std(first_seed, ddof=1) / np.sqrt(np.mean(variances))
+
+    variances = np.array([v.var(ddof=1) for v in multi])
+    if len(first) < 3 or len(variances) < 3 or np.sqrt(variances.mean()) < 1e-9:  # 1e-9: no spread but rounding
+        return [None, None]
+    with warnings.catch_warnings():  # a degenerate resample gives NaN, reported as undefined
+        warnings.simplefilter("ignore")
+        ci = scipy_stats.bootstrap((first, variances), ratio, vectorized=False, n_resamples=n_resamples,
+                                   method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+    return [None if np.isnan(v) else float(v) for v in (ci.low, ci.high)]
+
+
+def truth_spread(jobs, archs, seed: int, n_resamples: int) -> dict:
     """Stand-alone accuracy: its spread across architectures (first seed) against its spread across seeds."""
     runs: dict[int, dict[int, float]] = {}
     for job in jobs:
@@ -51,6 +68,7 @@ def truth_spread(jobs, archs, seed: int) -> dict:
     a, b = (np.array([r[s] for r in runs.values() if len(r) > 1]) for s in seeds[:2])
     between = scipy_stats.kendalltau(a, b).statistic if len(a) > 2 else np.nan
     return {"arch_std": arch_std, "seed_std": seed_std, "ratio": arch_std / seed_std if seed_std else None,
+            "ratio_ci95": spread_ratio_ci(first, multi, n_resamples),
             "accuracy_min": float(first.min()), "accuracy_max": float(first.max()),
             "accuracy_mean": float(first.mean()), "seed_archs": len(multi), "seeds": seeds,
             "tau_between_seeds": None if np.isnan(between) else float(between),
@@ -153,8 +171,8 @@ def _fmt(value, digits: int = 3) -> str:
     return "undefined" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _ci(pair) -> str:
-    return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
+def _ci(pair, digits: int = 3) -> str:
+    return f"[{_fmt(pair[0], digits)}, {_fmt(pair[1], digits)}]"
 
 
 def stats_summary(report: dict) -> dict:
@@ -189,6 +207,11 @@ def _difference_verdict(diff: dict, label: str, when: str, first: str, second: s
     return f"{verdict} {when} ({label} = {diff['difference']:+.3f}, 95% CI {_ci(diff['ci95'])})"
 
 
+def _informative(spread: dict) -> bool:
+    """The aim the study was set: the truth varies across architectures at least 3 times as much as across seeds."""
+    return spread["ratio"] is not None and spread["ratio"] >= 3
+
+
 def claim2_verdict(diff: dict, when: str) -> str:
     return _difference_verdict(diff, "tau(Shadow BN) - tau(single BN)", when, "reproduced, Shadow BN ranks better",
                                "not reproduced, single BN ranks better", "not shown, the difference is within noise")
@@ -205,7 +228,7 @@ def write_outputs(o, jobs, archs, splits, session_seconds: float, since_start: f
 
     out, results = o.out, o.results
     names = [j.name for j in jobs if j.kind == "supernet"]
-    spread = truth_spread(jobs, archs, o.seed)
+    spread = truth_spread(jobs, archs, o.seed, o.bootstrap)
     scores = read_scores(out, names)
     ranking = {name: _read_json(out / "rank" / name / "ranking.json") for name in names}
     stats_reports = {name: _read_json(out / "stats" / name / "stats.json") for name in names}
@@ -236,6 +259,7 @@ def write_outputs(o, jobs, archs, splits, session_seconds: float, since_start: f
     stat_numbers = {name: stats_summary(r) for name, r in stats_reports.items()}
     study = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(o).items()},
              "data": describe(splits), "space": summaries[names[0]]["space"], "spread": spread,
+             "recipe": {k: summaries[names[0]]["config"][k] for k in RECIPE_KEYS},
              "ranking": {name: {k: r[k] for k in ("n", "kendall_tau", "tau_ci95", "spearman", "top_k_overlap",
                                                     "best_predicted_true_rank", "before_recalibration")}
                          for name, r in ranking.items()},
@@ -244,9 +268,18 @@ def write_outputs(o, jobs, archs, splits, session_seconds: float, since_start: f
              "supernet_best_val": {name: max(r["val_acc"] for r in history[name]) for name in names},
              "train_seconds": train_seconds, "session_seconds": session_seconds, "since_start_seconds": since_start,
              "written": time.strftime("%Y-%m-%d %H:%M")}
-    atomic_write(results / "study.json", lambda f: f.write(json.dumps(study, indent=2) + "\n"), binary=False)
+    write_json(results / "study.json", study)
     _write_text(o.doc, _markdown(study, stats_reports))
     return study
+
+
+RECIPE_KEYS = ("lr", "batch_size", "momentum", "weight_decay", "augment")
+
+
+def _recipe(r: dict) -> str:
+    augment = {True: "the dataset's augmentation", False: "no augmentation"}[r["augment"]]
+    return (f"SGD lr {r['lr']} momentum {r['momentum']}, cosine, batch {r['batch_size']}, weight decay "
+            f"{r['weight_decay']}, {augment}")
 
 
 def _markdown(study: dict, stats_reports: dict) -> str:
@@ -279,6 +312,11 @@ def _markdown(study: dict, stats_reports: dict) -> str:
                  f"{fairness_verdict(fair['after'], 'after BN recalibration')}; "
                  f"{fairness_verdict(fair['before'], 'before recalibration')}. Each fair step trains a group of "
                  f"{2 * len(c['kernels'])} architectures on its batch, so it cost that many times the compute.")
+    if not _informative(spread):
+        lines.append(f"- **Caution**: every ranking verdict above rests on a noisy ground truth. It varies across "
+                     f"architectures only {_fmt(spread['ratio'], 2)} times as much as across seeds, and two seeds of "
+                     f"it rank the same architectures with a Kendall tau of {_fmt(spread['tau_between_seeds'])} "
+                     "(below): read these verdicts as what this run measured, not as settled.")
     final = study["supernet_final"]
     lines.append("- Claim 2 (training): final epoch, train loss / monitor val top-1: " + "; ".join(
         f"{name} {r['train_loss']:.3f} / {r['val_acc']:.3f}" for name, r in final.items())
@@ -296,13 +334,13 @@ def _markdown(study: dict, stats_reports: dict) -> str:
         f"- Data: {study['data']}.",
         f"- Space: tiny (4 searchable layers), kernels {c['kernels']}, at most {m} paths, expansions 3 and 6, "
         f"width multiplier {c['width_mult']}, image {c['image_size'] or 'native'} px.",
-        f"- Supernets: {c['supernet_epochs']} epochs each, the dataset's recipe (SGD, cosine, lr 0.05, batch 64, "
-        f"no augmentation), seed {c['seed']}, the release's uniform sampler (t, then j, then a j-subset); the fifth samples strict-fairness groups "
-        "(`--sampling fair`, see the README) over the same images and epochs.",
+        f"- Supernets: {c['supernet_epochs']} epochs each, the dataset's recipe ({_recipe(study['recipe'])}), "
+        f"seed {c['seed']}, the release's uniform sampler (t, then j, then a j-subset); the fifth samples "
+        "strict-fairness groups (`--sampling fair`, see the README) over the same images and epochs.",
         f"- Ground truth: {c['archs']} architectures sampled with seed {c['seed']}, stratified so that in every "
         f"layer each path count 1..{m} is used by the same number of them (to within one); each retrained "
-        f"from scratch in the mixpath layout for {c['retrain_epochs']} epochs (`mixpath.training.retrain`, what "
-        f"`mixpath retrain` calls); {spread['seed_archs']} of them with seeds {spread['seeds']}. The truth is the "
+        f"from scratch in the mixpath layout for {c['retrain_epochs']} epochs with the same recipe "
+        f"(`mixpath.training.retrain`, what `mixpath retrain` calls); {spread['seed_archs']} of them with seeds {spread['seeds']}. The truth is the "
         "validation accuracy, averaged over seeds where there are several (`mixpath rank --collect`'s "
         "`collect_truth`). The official-layout supernets are ranked against the same mixpath-layout truth, so "
         "all four see the same architectures and ground truth.",
@@ -323,16 +361,20 @@ def _markdown(study: dict, stats_reports: dict) -> str:
         f"Stand-alone validation accuracy ranges from {spread['accuracy_min']:.3f} to {spread['accuracy_max']:.3f} "
         f"(mean {spread['accuracy_mean']:.3f}). Its standard deviation across the {c['archs']} architectures is "
         f"**{spread['arch_std']:.4f}**; across seeds (pooled over the {spread['seed_archs']} architectures with "
-        f"several seeds) **{spread['seed_std']:.4f}**: a ratio of **{_fmt(spread['ratio'], 2)}**. Kendall tau "
+        f"several seeds) **{spread['seed_std']:.4f}**: a ratio of **{_fmt(spread['ratio'], 2)}** (95% bootstrap "
+        f"interval {_ci(spread['ratio_ci95'], 2)}). Kendall tau "
         f"between two seeds' accuracies over those architectures: {_fmt(spread['tau_between_seeds'])} (a ceiling "
-        "for any supernet's tau against single-seed truth).",
+        "for any supernet's tau against single-seed truth). How the default configuration was chosen, from "
+        f"pilots of this spread: [PILOTS.md]({rel('PILOTS.md')}).",
         "",
-        *([] if spread["ratio"] is not None and spread["ratio"] >= 3 else [
+        *([] if _informative(spread) else [
             f"**The ground truth is too noisy here**: the spread across architectures is only "
             f"{_fmt(spread['ratio'], 2)} times the spread across seeds, short of the several times a ranking "
             "needs (the aim this study was set). Every tau below is bounded by that noise, and differences "
-            "between supernets are hard to tell from it. Longer stand-alone trainings (`--retrain-epochs`) "
-            "lower the seed noise; they cost proportionally more time.", ""]),
+            "between supernets are hard to tell from it. The pilots (PILOTS.md) found no setting of this "
+            "dataset that reaches 3: longer trainings bring the architectures together faster than they quiet "
+            "the seeds, and the seed spread left is mostly the sampling noise of the validation digits. A "
+            "dataset with more distinct images (`--data cifar10`) is what a sharper ground truth needs.", ""]),
         f"![spread]({rel('spread.png')})",
         "",
         "## Ranking",

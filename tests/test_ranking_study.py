@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.ranking_study import SUPERNETS, main, stratified_archs
+from benchmarks.study_report import spread_ratio_ci
 from mixpath.space import get_space
 
 
@@ -29,6 +37,64 @@ def test_stratified_archs_refuses_a_too_small_space():
     space = get_space("tiny", max_paths=1, kernel_sizes=(3,), expansions=(3,), num_classes=10, input_size=16)
     with pytest.raises(ValueError, match="too few architectures"):
         stratified_archs(space, 2, seed=0)
+
+
+def test_spread_ratio_interval_covers_the_truth_and_is_undefined_without_data():
+    # 40 architectures of std 0.03 and 10 with 3 seeds of std 0.01: the true ratio is 3.
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(20):
+        first = rng.normal(0.8, 0.03, 40)
+        multi = [rng.normal(mean, 0.01, 3) for mean in rng.normal(0.8, 0.03, 10)]
+        low, high = spread_ratio_ci(first, multi, n_resamples=400, seed=1)
+        point = first.std(ddof=1) / np.sqrt(np.mean([v.var(ddof=1) for v in multi]))
+        assert low < point < high
+        hits += low <= 3 <= high
+    assert hits >= 15  # a 95% interval: missing the truth 6 times in 20 would be very unlikely
+    assert spread_ratio_ci(first, multi[:2], n_resamples=100) == [None, None]  # too few multi-seed archs
+    assert spread_ratio_ci(first, [np.full(3, 0.8)] * 5, n_resamples=100) == [None, None]  # no seed spread
+
+
+ORPHAN_CHECK = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from benchmarks.ranking_study import _start_worker
+
+def pid_then_sleep():
+    return os.getpid()
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(sys.argv[1], os.getpid())) as pool:
+        print(pool.submit(pid_then_sleep).result(), flush=True)
+        pool.submit(time.sleep, 600).result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see the worker end")
+def test_workers_end_when_the_study_is_killed(tmp_path):
+    script = tmp_path / "study.py"
+    script.write_text(ORPHAN_CHECK)
+    root = Path(__file__).resolve().parents[1]
+    study = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    worker = int(study.stdout.readline())
+    assert _alive(worker)
+    study.send_signal(signal.SIGKILL)  # no clean-up at all in the study's process
+    study.wait()
+    deadline = time.monotonic() + 20
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "the worker trains on as an orphan"
 
 
 def test_smoke_study_writes_everything_and_resumes(tmp_path):
