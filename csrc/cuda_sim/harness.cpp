@@ -401,7 +401,7 @@ std::string run_case(const Case& c) {
                            gb = floats(first[6]);
   enum { kY, kMean, kVar, kDx, kDw, kDgamma, kDbeta, kOutputs };
   const char* const names[kOutputs] = {"y", "mean", "var", "dx", "dw", "dgamma", "dbeta"};
-  double err[kOutputs] = {}, ymax = 0, dxmax = 0;
+  double err[kOutputs] = {};
   long nonfinite[kOutputs] = {};
   std::string mismatch;
   // err[out] = max |got - want| / scale over finite pairs; inf where the kinds differ.
@@ -420,24 +420,21 @@ std::string run_case(const Case& c) {
       err[out] = std::max(err[out], std::fabs(got - want) / scale);
     }
   };
-  for (long n = 0; n < N; ++n)
-    for (long ch = 0; ch < C; ++ch)
-      for (long i = 0; i < Ho; ++i)
-        for (long j = 0; j < Wo; ++j) {
-          const double r = yref[((n * C + ch) * Ho + i) * Wo + j];
-          upd(kY, {n, ch, i, j}, yo.get(out_at(n, ch, i, j)), r, 1);
-          if (kind(r) == 0) ymax = std::max(ymax, std::fabs(r));
-        }
-  for (long n = 0; n < N; ++n)
-    for (long ch = 0; ch < C; ++ch)
-      for (long h = 0; h < H; ++h)
-        for (long w = 0; w < W; ++w) {
-          const double r = dxref[((n * C + ch) * H + h) * W + w];
-          upd(kDx, {n, ch, h, w}, dxo.get(in_at(n, ch, h, w)), r, 1);
-          if (kind(r) == 0) dxmax = std::max(dxmax, std::fabs(r));
-        }
-  err[kY] /= std::max(ymax, 1e-30);
-  err[kDx] /= std::max(dxmax, 1e-30);
+  // y and dx: (N, C, rows, cols) planes, errors relative to the largest finite reference value.
+  auto planes = [&](int out, const std::vector<double>& ref, const Raw& got, long rows, long cols, auto at) {
+    double refmax = 0;
+    for (long n = 0; n < N; ++n)
+      for (long ch = 0; ch < C; ++ch)
+        for (long i = 0; i < rows; ++i)
+          for (long j = 0; j < cols; ++j) {
+            const double r = ref[((n * C + ch) * rows + i) * cols + j];
+            upd(out, {n, ch, i, j}, got.get(at(n, ch, i, j)), r, 1);
+            if (kind(r) == 0) refmax = std::max(refmax, std::fabs(r));
+          }
+    err[out] /= std::max(refmax, 1e-30);
+  };
+  planes(kY, yref, yo, Ho, Wo, out_at);
+  planes(kDx, dxref, dxo, H, W, in_at);
   for (long ch = 0; ch < C; ++ch) {
     if (c.training) {
       upd(kMean, {ch}, sm[ch], mean[ch], std::sqrt(var[ch] + eps));
