@@ -239,20 +239,24 @@ def parse_args(argv=None) -> Namespace:
 
 
 def main(argv=None) -> int:
+    from mixpath.cli.common import user_errors
     from mixpath.ranking import collect_truth
     from mixpath.training import TrainConfig, build_space, load_splits
 
     o = parse_args(argv)
     wall = time.perf_counter()
+    config = base_config(o)
+    try:  # bad data or space options: one line, before anything is written
+        splits = load_splits(TrainConfig(**{k: v for k, v in config.items()
+                                            if k in ("data", "data_dir", "image_size", "val_size")}))
+        space = build_space(TrainConfig(**config), splits)
+        jobs, archs = plan_jobs(o, space)
+    except (*user_errors(), ValueError) as e:  # ValueError: a sample larger than the space
+        raise SystemExit(f"python -m benchmarks.ranking_study: error: {e}") from None
     o.out.mkdir(parents=True, exist_ok=True)
     started = o.out / "started.json"  # when the study first started: its wall time spans every session
     if not started.is_file():
         started.write_text(json.dumps({"time": time.time()}))
-    config = base_config(o)
-    splits = load_splits(TrainConfig(**{k: v for k, v in config.items()
-                                        if k in ("data", "data_dir", "image_size", "val_size")}))
-    space = build_space(TrainConfig(**config), splits)
-    jobs, archs = plan_jobs(o, space)
     print(f"{len(jobs)} trainings ({len(SUPERNETS)} supernets of {o.supernet_epochs} epochs, {len(jobs) - len(SUPERNETS)} "
           f"retrainings of {o.retrain_epochs}) in {o.out}, {o.workers} at a time", file=sys.stderr)
     run_jobs(jobs, o.workers, o.out / "logs")

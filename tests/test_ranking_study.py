@@ -97,6 +97,17 @@ def test_workers_end_when_the_study_is_killed(tmp_path):
     assert not _alive(worker), "the worker trains on as an orphan"
 
 
+@pytest.mark.parametrize("args, words", [(["--val-size", "5000"], "val_size=5000 must hold out"),
+                                         (["--archs", "500"], "too few architectures")])
+def test_bad_options_end_in_one_line_and_write_nothing(tmp_path, args, words):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["--smoke", *args, "--out", str(out), "--results", str(tmp_path / "r"), "--doc", str(tmp_path / "S.md")])
+    message = str(e.value.code)
+    assert message.startswith("python -m benchmarks.ranking_study: error: ") and words in message
+    assert "\n" not in message and not out.exists() and not (tmp_path / "r").exists()
+
+
 def test_smoke_study_writes_everything_and_resumes(tmp_path):
     args = ["--smoke", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
             "--doc", str(tmp_path / "STUDY.md")]
